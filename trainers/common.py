@@ -1,0 +1,271 @@
+"""Pieces every CLIP prompt trainer shares: CLIP loading, precision, and the Dassl trainer base.
+
+CoOp's repository copies these into every trainer file; here they live once. Trainers built on them
+use only the Dassl.pytorch API plus ``clip``, so they would run on the real Dassl unchanged.
+"""
+import contextlib
+import os
+import os.path as osp
+
+import torch
+import torch.nn.functional as F
+from yacs.config import CfgNode as CN
+
+import clip
+from clip.prompting import ClassPrompts, TextEncoder
+from dassl.engine import TrainerX
+from dassl.metrics import compute_accuracy
+from dassl.optim import build_lr_scheduler, build_optimizer
+from dassl.utils import load_checkpoint, load_pretrained_weights
+
+PRECISIONS = ("fp16", "fp32", "amp", "bf16")
+CLASS_SET_BUFFERS = ("token_prefix", "token_suffix", "eot", "name_lens")
+PROMPT_LEARNER = "prompt_learner"
+
+
+def extend_cfg(cfg):
+    """Where CLIP weights are cached; empty means ``$CLIP_CACHE_DIR`` or ``~/.cache/clip``."""
+    if "CACHE_DIR" not in cfg.MODEL.BACKBONE:
+        cfg.MODEL.BACKBONE.CACHE_DIR = ""
+
+
+def declare_trainer_node(cfg, name, **defaults):
+    """Add ``cfg.TRAINER.<name>`` once; a second declaration leaves the first untouched."""
+    if name in cfg.TRAINER:
+        return cfg.TRAINER[name]
+    node = CN()
+    for key, value in defaults.items():
+        node[key] = value
+    cfg.TRAINER[name] = node
+    return node
+
+
+def clip_cache_dir(cfg):
+    if cfg.MODEL.BACKBONE.get("CACHE_DIR", ""):
+        return cfg.MODEL.BACKBONE.CACHE_DIR
+    return os.environ.get("CLIP_CACHE_DIR") or osp.expanduser("~/.cache/clip")
+
+
+def load_clip_to_cpu(cfg):
+    """An fp16 CLIP in eval mode, from a ``clip._MODELS`` name or a path to a weights file."""
+    name = cfg.MODEL.BACKBONE.NAME
+    print(f"Loading CLIP (backbone: {name})")
+    state_dict = clip.load_state_dict_from(name, download_root=clip_cache_dir(cfg))
+    return clip.build_model(state_dict)
+
+
+def effective_precision(prec, device):
+    """fp16 kernels are a GPU feature; on the CPU fp16 runs as fp32 (said once, here)."""
+    if prec not in PRECISIONS:
+        raise ValueError(f"Unknown precision {prec!r}; choose one of {PRECISIONS}")
+    if prec == "fp16" and device.type == "cpu":
+        print("Note: PREC fp16 is not supported on the CPU; running in fp32")
+        return "fp32"
+    return prec
+
+
+def cast_clip(clip_model, prec):
+    """fp16 keeps CLIP as built (CoOp's default); fp32 and amp make it fp32; bf16 turns its fp16 tensors
+    into bfloat16, leaving the tensors CLIP keeps in fp32 (layer norms, logit scale) as they are."""
+    if prec in ("fp32", "amp"):
+        return clip_model.float()
+    if prec == "bf16":
+        for tensor in list(clip_model.parameters()) + list(clip_model.buffers()):
+            if tensor.dtype == torch.float16:
+                tensor.data = tensor.data.to(torch.bfloat16)
+    return clip_model
+
+
+def clip_dtype(clip_model):
+    return clip_model.text_projection.dtype
+
+
+def autocast_context(prec, device):
+    """amp: fp16 autocast on the GPU, bfloat16 autocast on the CPU (which has no fp16 autocast path)."""
+    if prec != "amp":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_grad_scaler(prec, device):
+    """A loss scaler only where fp16 gradients can underflow: amp on the GPU."""
+    if prec != "amp":
+        return None
+    return torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+
+
+class PromptTrainer(TrainerX):
+    """Dassl trainer for a CLIP whose only trainable part is ``model.prompt_learner``.
+
+    Subclasses set ``CFG_NODE`` (their ``cfg.TRAINER`` node name) and implement
+    ``build_custom_clip(cfg, classnames, clip_model)`` returning an ``nn.Module`` with a
+    ``prompt_learner`` submodule, ``forward(image) -> logits`` and
+    ``training_loss(image, label) -> (loss, logits)``.
+    """
+
+    CFG_NODE = ""
+
+    @property
+    def trainer_cfg(self):
+        return self.cfg.TRAINER[self.CFG_NODE]
+
+    def check_cfg(self, cfg):
+        if cfg.TRAINER[self.CFG_NODE].PREC not in PRECISIONS:
+            raise ValueError(f"TRAINER.{self.CFG_NODE}.PREC must be one of {PRECISIONS}")
+
+    def build_custom_clip(self, cfg, classnames, clip_model):
+        raise NotImplementedError
+
+    def build_model(self):
+        cfg = self.cfg
+        classnames = self.dm.dataset.classnames
+        self.prec = effective_precision(self.trainer_cfg.PREC, self.device)
+        clip_model = cast_clip(load_clip_to_cpu(cfg), self.prec)
+
+        print("Building custom CLIP")
+        self.model = self.build_custom_clip(cfg, classnames, clip_model)
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(PROMPT_LEARNER in name)
+        trainable = sorted(n for n, p in self.model.named_parameters() if p.requires_grad)
+        print(f"Parameters to be updated: {trainable}")
+
+        if cfg.MODEL.INIT_WEIGHTS:
+            load_pretrained_weights(self.model.prompt_learner, cfg.MODEL.INIT_WEIGHTS)
+
+        self.model.to(self.device)
+        self.optim = build_optimizer(self.model.prompt_learner, cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model(PROMPT_LEARNER, self.model.prompt_learner, self.optim, self.sched)
+        self.scaler = make_grad_scaler(self.prec, self.device)
+
+    def parse_batch_train(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def forward_backward(self, batch):
+        image, label = self.parse_batch_train(batch)
+        with autocast_context(self.prec, self.device):
+            loss, logits = self.model.training_loss(image, label)
+        if self.scaler is not None:
+            self.optim.zero_grad()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optim)
+            self.scaler.update()
+        else:
+            self.model_backward_and_update(loss)
+
+        summary = {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    def model_inference(self, image):
+        with autocast_context(self.prec, self.device):
+            return self.model(image).float()
+
+    def load_model(self, directory, epoch=None):
+        """Dassl's loader, minus the class-set buffers, so base-trained prompts run on new classes."""
+        if not directory:
+            print("Note that load_model() is skipped as no pretrained model is given")
+            return
+        file_name = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        for name in self.get_model_names():
+            path = osp.join(directory, name, file_name)
+            if not osp.exists(path):
+                raise FileNotFoundError(f'Model not found at "{path}"')
+            checkpoint = load_checkpoint(path)
+            state_dict = {
+                key: value
+                for key, value in checkpoint["state_dict"].items()
+                if key.split(".")[-1] not in CLASS_SET_BUFFERS
+            }
+            print(f'Loading weights to {name} from "{path}" (epoch = {checkpoint["epoch"]})')
+            result = self._models[name].load_state_dict(state_dict, strict=False)
+            missing = [k for k in result.missing_keys if k.split(".")[-1] not in CLASS_SET_BUFFERS]
+            if missing or result.unexpected_keys:
+                raise RuntimeError(
+                    f"Checkpoint {path} does not fit {name}: missing {missing}, "
+                    f"unexpected {result.unexpected_keys}"
+                )
+
+
+def normalize(features):
+    return F.normalize(features, dim=-1)
+
+
+def context_size(n_ctx, ctx_init):
+    """As CoOp: an initial phrase fixes the number of context tokens to its number of words."""
+    return len(ctx_init.split()) if ctx_init else n_ctx
+
+
+def initial_context(class_prompts, n_ctx, ctx_dim, ctx_init, leading=()):
+    """fp32 master copy of the context: CTX_INIT's token embeddings, else N(0, 0.02) as CoOp."""
+    if ctx_init:
+        vectors = class_prompts.ctx_init_vectors().float()
+        return vectors.expand(*leading, n_ctx, ctx_dim).clone()
+    return torch.randn(*leading, n_ctx, ctx_dim) * 0.02
+
+
+class PromptedCLIP(torch.nn.Module):
+    """Frozen CLIP pieces every prompt model uses; subclasses add ``prompt_learner`` and ``forward``."""
+
+    def __init__(self, clip_model, classnames, n_ctx, ctx_init):
+        super().__init__()
+        self.classnames = list(classnames)
+        self.class_prompts = ClassPrompts(clip_model, self.classnames, n_ctx, ctx_init or None)
+        self.text_encoder = TextEncoder(clip_model)
+        self.image_encoder = clip_model.visual
+        self.logit_scale = clip_model.logit_scale
+        self.dtype = clip_dtype(clip_model)
+        self.ctx_dim = clip_model.ln_final.weight.shape[0]
+        self.embed_dim = clip_model.text_projection.shape[1]
+
+    def encode_image(self, image, **visual_prompts):
+        return normalize(self.image_encoder(image.type(self.dtype), **visual_prompts))
+
+    def encode_prompts(self, prompts, eot):
+        """Normalised features of assembled prompts (..., L, D); ``eot`` (...) gives each EOT slot."""
+        return normalize(self.text_encoder(prompts.type(self.dtype), eot))
+
+    def encode_instance_text(self, ctx):
+        """(B, n_ctx, D) per-image context -> (B, C, E): all B x C prompts in one (chunked) call."""
+        prompts = self.class_prompts.assemble(ctx.type(self.dtype), batched=True)
+        eot = self.class_prompts.eot.expand(ctx.shape[0], -1)
+        return self.encode_prompts(prompts, eot)
+
+    def training_loss(self, image, label):
+        logits = self(image)
+        return F.cross_entropy(logits, label), logits
+
+
+class TemplateTextFeatures(torch.nn.Module):
+    """Normalised CLIP features of one hand-written template per class, computed once per class set.
+
+    Zero-shot CLIP and MuPL's ``TVP.TEXT frozen`` read these every step; they depend only on the class
+    names, so they are cached, keyed on the class set (and device/dtype), instead of re-encoded.
+    """
+
+    def __init__(self, clip_model, template, batch_size=256):
+        super().__init__()
+        self.clip_model = clip_model
+        self.template = template
+        self.batch_size = batch_size
+        self._cache = {}
+
+    @torch.no_grad()
+    def forward(self, classnames):
+        weight = self.clip_model.text_projection
+        key = (tuple(classnames), weight.device, weight.dtype)
+        if key not in self._cache:
+            self._cache = {key: self._encode(classnames, weight.device)}
+        return self._cache[key]
+
+    def _encode(self, classnames, device):
+        texts = [self.template.format(name.replace("_", " ")) for name in classnames]
+        tokens = clip.tokenize(texts).to(device)
+        with torch.autocast(device_type=device.type, enabled=False):
+            features = [
+                self.clip_model.encode_text(tokens[start : start + self.batch_size])
+                for start in range(0, len(texts), self.batch_size)
+            ]
+        return normalize(torch.cat(features))
