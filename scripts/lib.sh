@@ -1,0 +1,102 @@
+# Shared by the run scripts (sourced, not run). Environment: DATA (dataset root, default ./data),
+# OUTPUT (output root, default ./output), SHOTS (default 16), PYTHON (default python), FORCE=1 (rerun).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA=${DATA:-./data}
+OUTPUT=${OUTPUT:-./output}
+SHOTS=${SHOTS:-16}
+PYTHON=${PYTHON:-python}
+FORCE=${FORCE:-0}
+
+TRAIN_END="Finish training"
+EVAL_END="=> result"
+
+die() {
+    echo "Error: $*" >&2
+    exit 1
+}
+
+default_cfg() {
+    case "$1" in
+        CoOp) echo "vit_b16_ctxv1" ;;
+        ZeroshotCLIP) echo "vit_b16" ;;
+        *) echo "vit_b16_c4_ep10_batch1_ctxv1" ;;
+    esac
+}
+
+# True when $1 is a config KEY (they all contain a dot), i.e. not an optional TRAINER or CFG argument.
+is_option_key() {
+    [[ "$1" == *.* ]]
+}
+
+# Sets CFG_FILE and DS_CFG for TRAINER $1, CFG $2, DATASET $3, or stops with the missing file's name.
+find_configs() {
+    CFG_FILE="$REPO/configs/trainers/$1/$2.yaml"
+    DS_CFG="$REPO/configs/datasets/$3.yaml"
+    [[ -f "$CFG_FILE" ]] || die "no config $CFG_FILE (TRAINER=$1 CFG=$2)"
+    [[ -f "$DS_CFG" ]] || die "no dataset config $DS_CFG"
+}
+
+# A log is finished when a '* accuracy:' line follows the end marker ($2) in one of DIR's log files
+# (a resumed run writes a new log.txt-<time> beside the first one).
+run_finished() {
+    local dir=$1 marker=$2 log
+    for log in "$dir"/log.txt*; do
+        [[ -f "$log" ]] || continue
+        if awk -v marker="$marker" 'index($0, marker) { seen = 1 } seen && /\* accuracy:/ { found = 1 }
+                END { exit !found }' "$log"; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Decide what to do with the run folder $1: returns 1 (skip) when it holds a finished run, unless
+# FORCE=1, which moves it aside (never deletes it). An unfinished folder is reused: the engine resumes.
+prepare_run() {
+    local dir=$1 marker=$2
+    if [[ -d "$dir" && "$FORCE" == 1 ]]; then
+        local aside
+        aside="$dir.old-$(date +%Y%m%d-%H%M%S)"
+        mv "$dir" "$aside"
+        echo "Moved the previous run aside to $aside"
+        return 0
+    fi
+    if run_finished "$dir" "$marker"; then
+        echo "Oops! The results exist at $dir (so skip this job)"
+        return 1
+    fi
+    if [[ -d "$dir" ]]; then
+        echo "Resuming the unfinished run in $dir"
+    fi
+    return 0
+}
+
+# The epoch a training run ends at: OPTIM.MAX_EPOCH from the trailing options, else from the config.
+max_epoch() {
+    local cfg_file=$1
+    shift
+    while (( $# >= 2 )); do
+        if [[ "$1" == "OPTIM.MAX_EPOCH" ]]; then
+            echo "$2"
+            return
+        fi
+        shift 2
+    done
+    "$PYTHON" -c 'import sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1])) or {}
+print((cfg.get("OPTIM") or {}).get("MAX_EPOCH", 10))' "$cfg_file"
+}
+
+require_finished_training() {
+    local dir=$1 command=$2
+    if ! run_finished "$dir" "$TRAIN_END"; then
+        die "no finished training run in $dir; run first: $command"
+    fi
+}
+
+run_train_py() {
+    echo "+ $PYTHON train.py $*"
+    "$PYTHON" "$REPO/train.py" "$@"
+}
