@@ -95,6 +95,13 @@ def make_grad_scaler(prec, device):
     return torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
 
 
+def freeze_all_but_prompt_learner(model):
+    """CLIP stays frozen; returns the names of the parameters left trainable."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(PROMPT_LEARNER + "."))
+    return sorted(name for name, param in model.named_parameters() if param.requires_grad)
+
+
 class PromptTrainer(TrainerX):
     """Dassl trainer for a CLIP whose only trainable part is ``model.prompt_learner``.
 
@@ -125,10 +132,7 @@ class PromptTrainer(TrainerX):
 
         print("Building custom CLIP")
         self.model = self.build_custom_clip(cfg, classnames, clip_model)
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(PROMPT_LEARNER in name)
-        trainable = sorted(n for n, p in self.model.named_parameters() if p.requires_grad)
-        print(f"Parameters to be updated: {trainable}")
+        print(f"Parameters to be updated: {freeze_all_but_prompt_learner(self.model)}")
 
         if cfg.MODEL.INIT_WEIGHTS:
             load_pretrained_weights(self.model.prompt_learner, cfg.MODEL.INIT_WEIGHTS)
