@@ -73,17 +73,19 @@ prepare_run() {
     return 0
 }
 
-# The epoch a training run ends at: OPTIM.MAX_EPOCH from the trailing options, else from the config.
+# The epoch a training run ends at: the last OPTIM.MAX_EPOCH of the trailing options (yacs lets the
+# last one win), else the config file's.
 max_epoch() {
-    local cfg_file=$1
+    local cfg_file=$1 epoch=""
     shift
     while (( $# >= 2 )); do
-        if [[ "$1" == "OPTIM.MAX_EPOCH" ]]; then
-            echo "$2"
-            return
-        fi
+        if [[ "$1" == "OPTIM.MAX_EPOCH" ]]; then epoch=$2; fi
         shift 2
     done
+    if [[ -n "$epoch" ]]; then
+        echo "$epoch"
+        return
+    fi
     "$PYTHON" -c 'import sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1])) or {}
 print((cfg.get("OPTIM") or {}).get("MAX_EPOCH", 10))' "$cfg_file"

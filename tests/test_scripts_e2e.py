@@ -1,0 +1,120 @@
+"""The real run scripts end to end on the CPU: a tiny random CLIP and a fake Oxford Pets tree."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from clip.tiny import save_tiny_clip
+from tests.fake_trees import make_fake_oxford_pets
+
+REPO = Path(__file__).resolve().parents[1]
+SHOTS = 2
+LOG_END = {"train": "Finish training", "test": "=> result"}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    make_fake_oxford_pets(root / "data")
+    tiny = root / "tiny_vit.pt"
+    save_tiny_clip(str(tiny), arch="vit", seed=0)
+    env = dict(os.environ, DATA=str(root / "data"), OUTPUT=str(root / "output"),
+               SHOTS=str(SHOTS), PYTHON=sys.executable, FORCE="0")
+    opts = ["MODEL.BACKBONE.NAME", str(tiny), "INPUT.SIZE", "(32, 32)", "OPTIM.MAX_EPOCH", "2",
+            "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TEST.BATCH_SIZE", "32",
+            "TRAIN.CHECKPOINT_FREQ", "1"]
+    return root, env, opts
+
+
+def script(workspace, name, *args, check=True):
+    root, env, opts = workspace
+    result = subprocess.run(["bash", f"scripts/{name}", *args, *opts], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def run_dir(workspace, split, trainer, seed=1):
+    root = workspace[0]
+    folder = "train_base" if split == "train" else "test_new"
+    return (root / "output" / "base2new" / folder / "oxford_pets" / f"shots_{SHOTS}" / trainer
+            / "vit_b16_c4_ep10_batch1_ctxv1" / f"seed{seed}")
+
+
+def assert_finished(directory, kind):
+    logs = sorted(directory.glob("log.txt*"))
+    assert logs, f"no log in {directory}"
+    text = "".join(log.read_text() for log in logs)
+    assert LOG_END[kind] in text
+    assert "* accuracy:" in text.split(LOG_END[kind])[-1]
+
+
+@pytest.mark.parametrize("trainer", ["MuPL", "CoCoOp"])
+def test_base2new_train_then_test(workspace, trainer):
+    train = run_dir(workspace, "train", trainer)
+    script(workspace, "base2new_train.sh", "oxford_pets", "1", trainer)
+    assert_finished(train, "train")
+    checkpoint = torch.load(train / "prompt_learner" / "model.pth.tar-2", weights_only=True)
+    names = set(checkpoint["state_dict"])
+    expected_prefixes = ("ctx", "meta_tokens.", "visual_prompt.") if trainer == "MuPL" else ("ctx", "meta_net.")
+    assert names and all(name.startswith(expected_prefixes) for name in names), names
+
+    rerun = script(workspace, "base2new_train.sh", "oxford_pets", "1", trainer)
+    assert "so skip this job" in rerun.stdout
+
+    test = run_dir(workspace, "test", trainer)
+    script(workspace, "base2new_test.sh", "oxford_pets", "1", trainer)
+    assert_finished(test, "test")
+    assert "Loading weights to prompt_learner" in (test / "log.txt").read_text()
+    assert not (test / "prompt_learner").exists()
+
+
+def test_base2new_test_without_a_training_run_names_the_command(workspace):
+    result = script(workspace, "base2new_test.sh", "oxford_pets", "3", "CoCoOp", check=False)
+    assert result.returncode != 0
+    assert str(run_dir(workspace, "train", "CoCoOp", seed=3)) in result.stderr
+    assert "bash scripts/base2new_train.sh oxford_pets 3 CoCoOp" in result.stderr
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(workspace):
+    root, env, opts = workspace
+    train = run_dir(workspace, "train", "MuPL", seed=2)
+    opts = [*opts, "OPTIM.MAX_EPOCH", "3"]
+    first_checkpoint = train / "prompt_learner" / "model.pth.tar-1"
+    process = subprocess.Popen(["bash", "scripts/base2new_train.sh", "oxford_pets", "2", *opts],
+                               cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 90
+    while not first_checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert first_checkpoint.exists()
+    if (train / "prompt_learner" / "model.pth.tar-3").exists():
+        pytest.skip("the run finished before it could be killed")
+
+    result = subprocess.run(["bash", "scripts/base2new_train.sh", "oxford_pets", "2", *opts],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Resuming the unfinished run" in result.stdout
+    assert_finished(train, "train")
+    resumed_log = sorted(train.glob("log.txt*"), key=lambda p: p.stat().st_mtime)[-1]
+    assert "epoch [1/3]" not in resumed_log.read_text()
+    assert "epoch [3/3]" in resumed_log.read_text()
+
+
+def test_force_moves_the_finished_run_aside(workspace):
+    root, env, opts = workspace
+    test = run_dir(workspace, "test", "MuPL")
+    if not test.exists():
+        script(workspace, "base2new_train.sh", "oxford_pets", "1", "MuPL")
+        script(workspace, "base2new_test.sh", "oxford_pets", "1", "MuPL")
+    script(workspace, "base2new_test.sh", "--force", "oxford_pets", "1", "MuPL")
+    assert_finished(test, "test")
+    assert list(test.parent.glob("seed1.old-*"))
