@@ -5,13 +5,16 @@ line silently leaves a new module unregistered. Here every module of the plugin 
 and each may declare its own config keys in an ``extend_cfg(cfg)`` function.
 """
 import importlib
+import os
 import pkgutil
 
 PLUGIN_PACKAGES = ("datasets", "trainers")
+EXTRA_PLUGINS_ENV = "MUPL_EXTRA_PLUGINS"
 
 
 def import_plugins(packages=PLUGIN_PACKAGES):
-    """Import every public module of ``packages``; return them in a stable order."""
+    """Import every public module of ``packages``, then the modules named in $MUPL_EXTRA_PLUGINS
+    (comma-separated; a trainer or dataset kept outside the repository, such as the tests' own)."""
     modules = []
     for package_name in packages:
         package = importlib.import_module(package_name)
@@ -19,6 +22,9 @@ def import_plugins(packages=PLUGIN_PACKAGES):
             if info.name.startswith("_"):
                 continue
             modules.append(importlib.import_module(f"{package_name}.{info.name}"))
+    for module_name in os.environ.get(EXTRA_PLUGINS_ENV, "").split(","):
+        if module_name.strip():
+            modules.append(importlib.import_module(module_name.strip()))
     return modules
 
 

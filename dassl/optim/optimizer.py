@@ -1,0 +1,49 @@
+"""Dassl's build_optimizer: the optimiser named in OPTIM over a module's or a list's parameters."""
+import torch
+from torch import nn
+
+AVAI_OPTIMS = ("adam", "amsgrad", "sgd", "rmsprop", "adamw")
+
+
+def _param_groups(model, optim_cfg, param_groups):
+    if param_groups is not None:
+        return param_groups
+    if not isinstance(model, nn.Module):
+        return model
+    if not optim_cfg.STAGED_LR:
+        return model.parameters()
+    new_layers = optim_cfg.NEW_LAYERS
+    if isinstance(new_layers, str):
+        new_layers = [new_layers]
+    if not new_layers:
+        raise ValueError("OPTIM.STAGED_LR needs OPTIM.NEW_LAYERS")
+    if isinstance(model, nn.DataParallel):
+        model = model.module
+    base, new = [], []
+    for name, module in model.named_children():
+        (new if name in new_layers else base).extend(module.parameters())
+    return [
+        {"params": base, "lr": optim_cfg.LR * optim_cfg.BASE_LR_MULT},
+        {"params": new},
+    ]
+
+
+def build_optimizer(model, optim_cfg, param_groups=None):
+    name = optim_cfg.NAME
+    if name not in AVAI_OPTIMS:
+        raise ValueError(f"OPTIM.NAME must be one of {list(AVAI_OPTIMS)}, but got {name!r}")
+    params = _param_groups(model, optim_cfg, param_groups)
+    lr, wd = optim_cfg.LR, optim_cfg.WEIGHT_DECAY
+    betas = (optim_cfg.ADAM_BETA1, optim_cfg.ADAM_BETA2)
+    if name in ("adam", "amsgrad"):
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=betas, amsgrad=name == "amsgrad")
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=optim_cfg.MOMENTUM, weight_decay=wd,
+            dampening=optim_cfg.SGD_DAMPNING, nesterov=optim_cfg.SGD_NESTEROV,
+        )
+    if name == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=lr, momentum=optim_cfg.MOMENTUM, weight_decay=wd, alpha=optim_cfg.RMSPROP_ALPHA
+        )
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=betas)

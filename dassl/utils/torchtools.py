@@ -1,0 +1,161 @@
+"""Checkpoints that load with ``torch.load(weights_only=True)``, written atomically, plus RNG capture.
+
+Dassl pickles scheduler objects into its checkpoints, which current torch refuses to load by default;
+here a checkpoint holds only tensors and plain Python values.
+"""
+import os
+import os.path as osp
+import pickle
+import random
+import shutil
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+
+from .atomic import atomic_write
+
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "resume_from_checkpoint",
+    "load_pretrained_weights",
+    "count_num_param",
+    "capture_rng_state",
+    "restore_rng_state",
+    "CheckpointError",
+]
+
+POINTER_FILE = "checkpoint"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, torn, or holds something other than weights."""
+
+
+def capture_rng_state():
+    """Every random stream a training step can touch, as tensors and plain values."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state):
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True, model_name=""):
+    """Write ``model.pth.tar-<epoch>`` (or ``model_name``) and the ``checkpoint`` pointer, atomically."""
+    os.makedirs(save_dir, exist_ok=True)
+    if remove_module_from_keys:
+        state = dict(state)
+        state["state_dict"] = OrderedDict(
+            (k[7:] if k.startswith("module.") else k, v) for k, v in state["state_dict"].items()
+        )
+    if not model_name:
+        model_name = f"model.pth.tar-{state['epoch']}"
+    fpath = osp.join(save_dir, model_name)
+    with atomic_write(fpath) as handle:
+        torch.save(state, handle)
+    with atomic_write(osp.join(save_dir, POINTER_FILE), mode="w") as handle:
+        handle.write(model_name + "\n")
+    print(f"Checkpoint saved to {fpath}")
+    if is_best:
+        best_fpath = osp.join(save_dir, "model-best.pth.tar")
+        with atomic_write(best_fpath) as handle, open(fpath, "rb") as source:
+            shutil.copyfileobj(source, handle)
+        print(f'Best checkpoint saved to "{best_fpath}"')
+    return fpath
+
+
+def load_checkpoint(fpath):
+    """Load tensors and plain values only; anything that would need unpickling code is refused."""
+    if fpath is None or not osp.isfile(fpath):
+        raise FileNotFoundError(f'No checkpoint file at "{fpath}"')
+    map_location = None if torch.cuda.is_available() else "cpu"
+    try:
+        return torch.load(fpath, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f'Refusing to load "{fpath}": it holds pickled objects, not only weights ({error}). '
+            "Checkpoints written by this project never do; load it only if you trust its origin."
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f'Checkpoint "{fpath}" is truncated or corrupt: {error}') from error
+
+
+def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
+    """Restore from the file the ``checkpoint`` pointer names; return the epoch to start from."""
+    with open(osp.join(fdir, POINTER_FILE), "r") as handle:
+        model_name = handle.readlines()[0].strip()
+    fpath = osp.join(fdir, model_name)
+    print(f'Loading checkpoint from "{fpath}"')
+    checkpoint = load_checkpoint(fpath)
+    model.load_state_dict(checkpoint["state_dict"])
+    print("Loaded model weights")
+    if optimizer is not None and checkpoint.get("optimizer") is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        print("Loaded optimizer")
+    if scheduler is not None and checkpoint.get("scheduler") is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        print("Loaded scheduler")
+    start_epoch = checkpoint["epoch"]
+    print(f"Previous epoch: {start_epoch}")
+    return start_epoch
+
+
+def load_pretrained_weights(model, weight_path):
+    """Copy the tensors whose names and shapes match; report the rest."""
+    checkpoint = load_checkpoint(weight_path)
+    state_dict = checkpoint.get("state_dict", checkpoint)
+    model_dict = model.state_dict()
+    matched, discarded = OrderedDict(), []
+    for key, value in state_dict.items():
+        key = key[7:] if key.startswith("module.") else key
+        if key in model_dict and model_dict[key].size() == value.size():
+            matched[key] = value
+        else:
+            discarded.append(key)
+    model_dict.update(matched)
+    model.load_state_dict(model_dict)
+    if not matched:
+        print(f'Cannot load "{weight_path}" (check the key names manually)')
+    else:
+        print(f'Successfully loaded pretrained weights from "{weight_path}"')
+        if discarded:
+            print(f"Layers discarded due to unmatched keys or size: {discarded}")
+
+
+def count_num_param(model=None, params=None):
+    if model is not None:
+        return sum(p.numel() for p in model.parameters())
+    if params is not None:
+        total = 0
+        for param in params:
+            if isinstance(param, dict):
+                total += sum(p.numel() for p in param["params"])
+            else:
+                total += param.numel()
+        return total
+    raise ValueError("model and params must be provided")
