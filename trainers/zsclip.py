@@ -38,6 +38,8 @@ class ZeroshotModel(torch.nn.Module):
 class ZeroshotCLIP(TrainerX):
     """Evaluation only (``--eval-only``); nothing is trained, registered or saved."""
 
+    LEARNS_WEIGHTS = False
+
     def build_model(self):
         cfg = self.cfg
         self.prec = effective_precision(cfg.TRAINER.ZSCLIP.PREC, self.device)
