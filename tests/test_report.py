@@ -1,0 +1,162 @@
+"""tools/report.py on a fixture output/ tree: every number checked against hand-computed values."""
+import csv
+import io
+import struct
+
+import pytest
+
+from tools import report
+
+
+def result_block(accuracy, decimals):
+    return (f"=> result\n* total: 1,000\n* correct: 900\n* accuracy: {accuracy:.{decimals}f}%\n"
+            f"* error: {100 - accuracy:.{decimals}f}%\n* macro_f1: {accuracy:.{decimals}f}%\n")
+
+
+def write_log(folder, accuracy, kind="train", end_line="Finish training", decimals=1):
+    """kind: train (finished), eval (--eval-only), unfinished (training stopped after a val result)."""
+    folder.mkdir(parents=True)
+    if kind == "eval":
+        text = "eval_only: True\nEvaluate on the *test* set\n" + result_block(accuracy, decimals)
+    else:
+        text = "eval_only: False\nepoch [1/10] batch [1/1] loss 1.0\nEvaluate on the *val* set\n" \
+            + result_block(12.0, decimals)
+        if kind == "train":
+            text += f"{end_line}\nEvaluate on the *test* set\n" + result_block(accuracy, decimals)
+    (folder / "log.txt").write_text(text)
+
+
+def b2n(root, phase, dataset, trainer, cfg, seed):
+    return root / "base2new" / phase / dataset / "shots_16" / trainer / cfg / f"seed{seed}"
+
+
+MUPL, COCOOP, ZS = "MuPL (cfg_m)", "CoCoOp (cfg_c)", "ZeroshotCLIP (vit_b16)"
+
+
+@pytest.fixture
+def output_tree(tmp_path):
+    root = tmp_path / "output"
+    for seed, (base, new) in enumerate([(95.0, 97.5), (96.0, 98.1), (94.0, 97.9)], start=1):
+        write_log(b2n(root, "train_base", "oxford_pets", "MuPL", "cfg_m", seed), base)
+        write_log(b2n(root, "test_new", "oxford_pets", "MuPL", "cfg_m", seed), new, "eval")
+    for seed, (base, new) in enumerate([(80.0, 60.0), (82.0, 58.0)], start=1):
+        write_log(b2n(root, "train_base", "dtd", "MuPL", "cfg_m", seed), base)
+        write_log(b2n(root, "test_new", "dtd", "MuPL", "cfg_m", seed), new, "eval")
+    write_log(b2n(root, "train_base", "dtd", "MuPL", "cfg_m", 3), 0.0, "unfinished")
+    # CoCoOp from a CoOp-family repo: old end line, 2 decimals.
+    for seed, (base, new) in enumerate([(95.25, 97.50), (94.75, 97.75), (95.50, 97.00)], start=1):
+        write_log(b2n(root, "train_base", "oxford_pets", "CoCoOp", "cfg_c", seed), base,
+                  end_line="Finished training", decimals=2)
+        write_log(b2n(root, "test_new", "oxford_pets", "CoCoOp", "cfg_c", seed), new, "eval", decimals=2)
+    for seed in (1, 2, 3):
+        write_log(b2n(root, "train_base", "oxford_pets", "ZeroshotCLIP", "vit_b16", seed), 91.2, "eval")
+        write_log(b2n(root, "test_new", "oxford_pets", "ZeroshotCLIP", "vit_b16", seed), 97.3, "eval")
+        write_log(root / "imagenet" / "MuPL" / "cfg_m_16shots" / f"seed{seed}", 70.0 + seed)
+        write_log(root / "evaluation" / "MuPL" / "cfg_m_16shots" / "caltech101" / f"seed{seed}", 92.0 + seed, "eval")
+    write_log(root / "evaluation" / "MuPL" / "cfg_m_16shots" / "imagenetv2" / "seed1", 64.0, "eval")
+    return root
+
+
+def hm(base, new):
+    return 2 * base * new / (base + new)
+
+
+def expected_rows():
+    """(dataset, method) -> (base, new, H, ΔBase, ΔNew, ΔH, Δ vs), all computed by hand."""
+    mupl_pets = (95.0, (97.5 + 98.1 + 97.9) / 3)
+    mupl_dtd = (81.0, 59.0)
+    cocoop_pets = ((95.25 + 94.75 + 95.50) / 3, (97.50 + 97.75 + 97.00) / 3)
+    zs_pets = (91.2, 97.3)
+    paper_cocoop = {"OxfordPets": (95.20, 97.69, 96.43), "DescribableTextures": (77.01, 56.00, 64.85)}
+    mupl_avg = ((95.0 + 81.0) / 2, (mupl_pets[1] + 59.0) / 2)
+    paper_avg = ((95.20 + 77.01) / 2, (97.69 + 56.00) / 2)
+    paper_avg = (*paper_avg, hm(*paper_avg))
+
+    def with_delta(values, ref, source):
+        row = (*values, hm(*values))
+        return (*row, row[0] - ref[0], row[1] - ref[1], row[2] - ref[2], source)
+
+    measured_ref = (*cocoop_pets, hm(*cocoop_pets))
+    return {
+        ("OxfordPets", MUPL): with_delta(mupl_pets, measured_ref, f"measured {COCOOP}"),
+        ("OxfordPets", COCOOP): with_delta(cocoop_pets, measured_ref, f"measured {COCOOP}"),
+        ("OxfordPets", ZS): with_delta(zs_pets, measured_ref, f"measured {COCOOP}"),
+        ("DescribableTextures", MUPL): with_delta(mupl_dtd, paper_cocoop["DescribableTextures"],
+                                                  "published CoCoOp"),
+        ("Average", MUPL): with_delta(mupl_avg, paper_avg, "published CoCoOp"),
+        ("Average", COCOOP): with_delta(cocoop_pets, measured_ref, f"measured {COCOOP}"),
+        ("OxfordPets", "CoCoOp [paper]"): paper_cocoop["OxfordPets"],
+        ("OxfordPets", "MaPLe [paper]"): (95.43, 97.76, 96.58),
+        ("DescribableTextures", "CoOp [paper]"): (79.44, 41.18, 54.24),
+        ("Average", "CoCoOp [paper]"): paper_avg,
+    }
+
+
+def csv_rows(text):
+    return {(row["Dataset"], row["Method"].rstrip(" *")): row for row in csv.DictReader(io.StringIO(text))}
+
+
+def test_base2new_numbers_in_csv_and_markdown(output_tree):
+    files, text = report.build_report(str(output_tree))
+    rows = csv_rows(files["base2new.csv"])
+    for key, values in expected_rows().items():
+        row = rows[key]
+        got = [row["Base"], row["New"], row["H"], row["ΔBase"], row["ΔNew"], row["ΔH"]]
+        for cell, value in zip(got, values[:6]):
+            assert float(cell) == pytest.approx(value, abs=0.005), (key, cell, value)
+        if len(values) == 7:
+            assert row["Δ vs"] == values[6]
+        else:  # published rows carry no delta
+            assert got[3:] == ["-", "-", "-"] and row["Δ vs"] == ""
+        cells = [row[h] for h in ["Dataset", "Method", "Base", "New", "H", "ΔBase", "ΔNew", "ΔH", "Δ vs"]]
+        assert "| " + " | ".join(cells) + " |" in text
+    # The published MuPL row exists only as an 11-dataset average, so it is not compared on 2 datasets.
+    assert not any(method.startswith("MuPL-paper") for _, method in rows)
+    assert rows[("DescribableTextures", MUPL)]["Method"] == MUPL + " *"
+    assert rows[("OxfordPets", MUPL)]["Method"] == MUPL
+    assert "Average of MuPL (cfg_m) over 2/11: OxfordPets, DescribableTextures datasets." in text
+    assert "- MuPL (cfg_m) dtd train_base: seed 3 unfinished" in text
+    assert "- MuPL (cfg_m) dtd test_new: seed 3 missing" in text
+
+
+def test_std_over_seeds_on_request(output_tree):
+    files, _ = report.build_report(str(output_tree), trainers=["MuPL"], show_std=True)
+    row = csv_rows(files["base2new.csv"])[("OxfordPets", MUPL)]
+    assert row["Base"] == f"95.00 ± {(2 / 3) ** 0.5:.2f}"
+    assert set(method for _, method in csv_rows(files["base2new.csv"])) >= {MUPL}
+    assert not any(method.startswith(("CoCoOp (", "Zeroshot")) for _, method in csv_rows(files["base2new.csv"]))
+
+
+def test_transfer_tables_and_their_missing_runs(output_tree):
+    files, text = report.build_report(str(output_tree))
+    xd = list(csv.reader(io.StringIO(files["cross_dataset.csv"])))
+    assert xd[0][:3] == ["Method", "ImageNet", "Caltech101"] and xd[0][-1] == "Average (targets)"
+    assert xd[1][:3] == [MUPL, "72.00", "94.00"]
+    assert xd[1][-1] == "-"  # 9 targets not run: no average over targets
+    dg = list(csv.reader(io.StringIO(files["domain_generalization.csv"])))
+    assert dg[0] == ["Method", "ImageNet", "-V2", "-Sketch", "-A", "-R", "Average (targets)"]
+    assert dg[1][:3] == [MUPL, "72.00", "64.00 *"]
+    assert "- MuPL (cfg_m) evaluation imagenetv2: seed 2 missing" in text
+    assert "- MuPL (cfg_m) evaluation dtd: seed 1 missing" in text
+    assert r"\begin{tabular}" in files["cross_dataset.tex"] and r"-V2" in files["domain_generalization.tex"]
+
+
+def test_cli_writes_every_file_atomically_and_a_valid_png(output_tree, tmp_path, capsys):
+    out_dir = tmp_path / "report"
+    report.main([str(output_tree), "--out", str(out_dir)])
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == sorted(["report.md", "base2new.csv", "base2new.tex", "base2new.png", "cross_dataset.csv",
+                            "cross_dataset.tex", "domain_generalization.csv", "domain_generalization.tex"])
+    assert "## Base-to-new generalisation" in capsys.readouterr().out
+    png = (out_dir / "base2new.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", png[16:24])
+    assert 800 <= width <= 3000 and 300 <= height <= 2000
+    assert len(png) > 5000
+
+
+def test_published_average_row_used_when_all_eleven_present(tmp_path):
+    reference = report.read_reference()
+    labels = list(report.BASE2NEW_DATASETS.values())
+    assert report.average_published(reference["MuPL-paper-derived"], labels) == (83.22, 76.48, 79.71)
+    assert report.average_published(reference["CoCoOp"], labels) == (80.47, 71.69, 75.83)
