@@ -159,7 +159,7 @@ def average_published(results, labels):
 
 
 def measured_row(base, new):
-    """(base, new, H, base std, new std, complete) of a dataset whose base and new both have results."""
+    """The table row of one dataset (None until both base and new have a result); H from the means."""
     if base.mean is None or new.mean is None:
         return None
     return {"base": base.mean, "new": new.mean, "hm": harmonic_mean(base.mean, new.mean),
@@ -336,8 +336,9 @@ def figure_png(rows):
         axis.set_xticklabels(datasets, rotation=45, ha="right", fontsize=8)
         axis.set_title(title)
         axis.axhline(0, color="black", linewidth=0.5)
-    ax_h.legend(fontsize=6, loc="lower left")
-    fig.tight_layout()
+    handles, labels = ax_h.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=7)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
