@@ -1,0 +1,182 @@
+"""The engine end to end through train.py, with a trainer that uses only the Dassl.pytorch API."""
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+CONFIG = """
+INPUT:
+  SIZE: (8, 8)
+  INTERPOLATION: "bicubic"
+  TRANSFORMS: ["random_resized_crop", "random_flip", "normalize"]
+DATALOADER:
+  NUM_WORKERS: 0
+  TRAIN_X:
+    BATCH_SIZE: 4
+  TEST:
+    BATCH_SIZE: 8
+OPTIM:
+  NAME: "sgd"
+  LR: 0.01
+  MAX_EPOCH: 3
+  LR_SCHEDULER: "cosine"
+  WARMUP_EPOCH: 1
+  WARMUP_TYPE: "constant"
+  WARMUP_CONS_LR: 0.001
+TRAIN:
+  PRINT_FREQ: 2
+DATASET:
+  NAME: "TinyFolders"
+"""
+
+
+def make_tiny_folders(root, n_classes=3, n_train=6, n_test=4):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n_train), ("test", n_test)):
+        for label in range(n_classes):
+            folder = root / "tiny_folders" / split / f"class_{label}"
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 60, (8, 8, 3)) + 60 * label
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{index}.png")
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    make_tiny_folders(tmp_path / "data")
+    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One uninterrupted 3-epoch run, shared by the tests that only read it."""
+    workspace = tmp_path_factory.mktemp("finished")
+    make_tiny_folders(workspace / "data")
+    (workspace / "cfg.yaml").write_text(CONFIG)
+    result = run_train(workspace, workspace / "out")
+    return workspace, workspace / "out", result
+
+
+def run_train(workspace, out, *extra, env_extra=None, check=True):
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}", MUPL_EXTRA_PLUGINS="fixture_plugins.linear_probe")
+    env.update(env_extra or {})
+    cmd = [sys.executable, str(REPO / "train.py"), "--root", str(workspace / "data"), "--seed", "1",
+           "--trainer", "LinearProbe", "--config-file", str(workspace / "cfg.yaml"),
+           "--output-dir", str(out), *extra]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def final_accuracy(log_text):
+    return float(re.findall(r"\* accuracy: ([\d.]+)%", log_text)[-1])
+
+
+def test_training_writes_dassl_log_checkpoints_and_result(finished_run):
+    _, out, result = finished_run
+    assert "warning" not in result.stderr.lower()
+    log = (out / "log.txt").read_text()
+    assert re.search(r"epoch \[1/3\] batch \[2/4\] time [\d.]+ \([\d.]+\) data [\d.]+ \([\d.]+\) "
+                     r"loss [\d.]+ \([\d.]+\) acc [\d.]+ \([\d.]+\) lr 1\.0000e-03 eta \d+:\d\d:\d\d", log)
+    assert "lr 1.0000e-02" in log  # epoch 2: the warm-up is over
+    end = log.index("Finish training")
+    assert log.index("Deploy the last-epoch model") > end
+    assert re.search(r"=> result\n\* total: 12\n\* correct: \d+\n\* accuracy: [\d.]+%\n"
+                     r"\* error: [\d.]+%\n\* macro_f1: [\d.]+%", log[end:])
+    assert re.search(r"Elapsed: \d+:\d\d:\d\d", log)
+
+    folder = out / "linear"
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint", "model.pth.tar-3"]
+    assert (folder / "checkpoint").read_text().strip() == "model.pth.tar-3"
+    checkpoint = torch.load(folder / "model.pth.tar-3", weights_only=True)
+    assert checkpoint["epoch"] == 3 and checkpoint["iteration"] == 0
+    assert set(checkpoint) >= {"state_dict", "epoch", "optimizer", "scheduler", "val_result", "rng_state"}
+    assert any(p.name.startswith("events") for p in (out / "tensorboard").iterdir())
+
+
+def test_rerun_of_finished_run_skips_to_test_and_keeps_first_log(workspace):
+    out = workspace / "out"
+    run_train(workspace, out)
+    first_log = (out / "log.txt").read_bytes()
+    run_train(workspace, out)
+    assert (out / "log.txt").read_bytes() == first_log
+    second = [p for p in out.iterdir() if p.name.startswith("log.txt-")]
+    assert len(second) == 1
+    text = second[0].read_text()
+    assert "epoch [" not in text and "Finish training" in text and "* accuracy:" in text
+
+
+@pytest.mark.parametrize("stop_at", [2, 4])  # 3 batches an epoch: the end of epoch 1, mid epoch 2
+def test_sigterm_then_rerun_is_bit_identical_to_uninterrupted(finished_run, stop_at):
+    workspace, reference, _ = finished_run
+    interrupted = workspace / f"interrupted{stop_at}"
+    first = run_train(workspace, interrupted, env_extra={"LINEAR_PROBE_SIGTERM_AT": str(stop_at)},
+                      check=False)
+    assert first.returncode == 128 + signal.SIGTERM
+    assert "rerun the same command to resume" in first.stdout
+    assert (interrupted / "linear" / "checkpoint").read_text().strip() == "model-resume.pth.tar"
+    run_train(workspace, interrupted)
+
+    ref = torch.load(reference / "linear" / "model.pth.tar-3", weights_only=True)
+    got = torch.load(interrupted / "linear" / "model.pth.tar-3", weights_only=True)
+    for key in ref["state_dict"]:
+        assert torch.equal(ref["state_dict"][key], got["state_dict"][key])
+    resumed_logs = sorted(p for p in interrupted.iterdir() if p.name.startswith("log.txt-"))
+    assert final_accuracy(resumed_logs[-1].read_text()) == final_accuracy((reference / "log.txt").read_text())
+    assert not (interrupted / "linear" / "model-resume.pth.tar").exists()
+
+
+def test_truncated_checkpoint_falls_back_to_previous_good_one(workspace):
+    out = workspace / "out"
+    run_train(workspace, out, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1")
+    newest = out / "linear" / "model.pth.tar-2"
+    newest.write_bytes(newest.read_bytes()[:100])
+    result = run_train(workspace, out, "OPTIM.MAX_EPOCH", "3", "TRAIN.CHECKPOINT_FREQ", "1")
+    assert "is truncated or corrupt" in result.stdout
+    assert "Resumed from epoch 1" in result.stdout
+    assert "epoch [2/3]" in result.stdout
+
+
+def test_keep_last_bounds_the_number_of_epoch_checkpoints(workspace):
+    out = workspace / "out"
+    run_train(workspace, out, "TRAIN.CHECKPOINT_FREQ", "1", "TRAIN.KEEP_LAST", "2")
+    names = sorted(p.name for p in (out / "linear").iterdir())
+    assert names == ["checkpoint", "model.pth.tar-2", "model.pth.tar-3"]
+
+
+def test_eval_only_loads_the_given_epoch(finished_run):
+    workspace, out, _ = finished_run
+    result = run_train(workspace, workspace / "eval", "--eval-only", "--model-dir", str(out),
+                       "--load-epoch", "3")
+    assert f'Loading weights to linear from "{out}/linear/model.pth.tar-3" (epoch = 3)' in result.stdout
+    assert final_accuracy(result.stdout) == final_accuracy((out / "log.txt").read_text())
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--eval-only"], "--eval-only needs --model-dir"),
+        (["--trainer", "LinearProbes"], 'Do you mean "LinearProbe"?'),
+        (["DATASET.NAME", "TinyFolder"], 'Do you mean "TinyFolders"?'),
+        (["OPTIM.MAX_EPOCHS", "2"], "OPTIM.MAX_EPOCHS"),
+        (["OPTIM.MAX_EPOCH", "two"], "OPTIM.MAX_EPOCH"),
+    ],
+)
+def test_bad_requests_fail_before_writing_anything(workspace, extra, message):
+    out = workspace / "out"
+    result = run_train(workspace, out, *extra, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not out.exists()
