@@ -3,6 +3,8 @@
 Reads logs of this project and of CoOp-family repositories: the training end line is ``Finish training``
 (Dassl >= 0.6.1) or ``Finished training`` (older logs, MaPLe/PromptSRC), so neither reports "Nothing
 found" on the other's logs. An ``--eval-only`` run (no training at all) counts from its ``=> result``.
+A resumed run's result is in the ``log.txt-<time>`` written beside ``log.txt``: the newest log with a
+result counts. Folders moved aside by the scripts' ``--force`` (``seed1.old-<time>``) are skipped.
 
 usage: python parse_test_res.py output/.../CoCoOp/vit_b16_c4_ep10_batch1_ctxv1 [--test-log] [--ci95]
        python parse_test_res.py output/.../CoCoOp --multi-exp
@@ -55,6 +57,23 @@ def read_result(log_path, keyword="accuracy", test_log=False):
     return value
 
 
+def run_logs(folder):
+    """log.txt and the log.txt-<time> files a resumed run writes beside it, oldest first."""
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(name for name in os.listdir(folder) if name == "log.txt" or name.startswith("log.txt-"))
+    return [os.path.join(folder, name) for name in names]
+
+
+def read_run_result(folder, keyword="accuracy", test_log=False):
+    """(result, log path) of a run folder from its newest log that has one, or (None, None) when unfinished."""
+    for log_path in reversed(run_logs(folder)):
+        value = read_result(log_path, keyword, test_log)
+        if value is not None:
+            return value, log_path
+    return None, None
+
+
 def summarise(values, ci95=False):
     """Mean and spread: population std (np.std, as CoOp), or the 95% confidence half-width."""
     values = np.asarray(values, dtype=float)
@@ -64,15 +83,18 @@ def summarise(values, ci95=False):
     return float(np.mean(values)), spread
 
 
+def experiment_folders(directory):
+    """Sorted non-hidden subfolders, leaving out runs the scripts' --force moved aside (``*.old-<time>``)."""
+    names = sorted(os.listdir(directory))
+    return [os.path.join(directory, name) for name in names
+            if not name.startswith(".") and ".old-" not in name and os.path.isdir(os.path.join(directory, name))]
+
+
 def parse_experiment(directory, keyword="accuracy", test_log=False, ci95=False):
     """Print one line per seed folder and the summary; return (mean, spread) or None when nothing found."""
     values = []
-    for name in sorted(os.listdir(directory)):
-        folder = os.path.join(directory, name)
-        if name.startswith(".") or not os.path.isdir(folder):
-            continue
-        log_path = os.path.join(folder, "log.txt")
-        value = read_result(log_path, keyword, test_log)
+    for folder in experiment_folders(directory):
+        value, log_path = read_run_result(folder, keyword, test_log)
         if value is not None:
             print(f"file: {log_path}. {keyword}: {value:.2f}%")
             values.append(value)
@@ -99,10 +121,7 @@ def main(argv=None):
         parse_experiment(args.directory, args.keyword, args.test_log, args.ci95)
         return
     means = []
-    for name in sorted(os.listdir(args.directory)):
-        folder = os.path.join(args.directory, name)
-        if name.startswith(".") or not os.path.isdir(folder):
-            continue
+    for folder in experiment_folders(args.directory):
         result = parse_experiment(folder, args.keyword, args.test_log, args.ci95)
         if result is not None:
             means.append(result[0])

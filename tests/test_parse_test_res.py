@@ -92,6 +92,15 @@ def test_test_logs_match_coop_and_ci95(tmp_path, capsys):
     assert parse_test_res.parse_experiment(str(tmp_path))[0] == pytest.approx(coop_mean)
 
 
+def test_resumed_run_counts_and_moved_aside_run_does_not(tmp_path, capsys):
+    write_seeds(tmp_path, [training_log(60.0), training_log(90.0).split("Finish training")[0]])
+    (tmp_path / "seed2" / "log.txt-2026-11-24-10-00-00").write_text(training_log(64.0))
+    (tmp_path / "seed1.old-2026-11-24-09-00-00").mkdir()
+    (tmp_path / "seed1.old-2026-11-24-09-00-00" / "log.txt").write_text(training_log(10.0))
+    assert parse_test_res.parse_experiment(str(tmp_path)) == (62.0, 2.0)
+    assert "log.txt-2026-11-24-10-00-00. accuracy: 64.00%" in capsys.readouterr().out
+
+
 def test_keyword_and_multi_exp_and_nothing_found(tmp_path, capsys):
     write_seeds(tmp_path / "exp_a", [training_log(60.0), training_log(62.0)])
     write_seeds(tmp_path / "exp_b", [training_log(80.0)])

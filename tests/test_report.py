@@ -13,9 +13,9 @@ def result_block(accuracy, decimals):
             f"* error: {100 - accuracy:.{decimals}f}%\n* macro_f1: {accuracy:.{decimals}f}%\n")
 
 
-def write_log(folder, accuracy, kind="train", end_line="Finish training", decimals=1):
+def write_log(folder, accuracy, kind="train", end_line="Finish training", decimals=1, name="log.txt"):
     """kind: train (finished), eval (--eval-only), unfinished (training stopped after a val result)."""
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     if kind == "eval":
         text = "eval_only: True\nEvaluate on the *test* set\n" + result_block(accuracy, decimals)
     else:
@@ -23,7 +23,7 @@ def write_log(folder, accuracy, kind="train", end_line="Finish training", decima
             + result_block(12.0, decimals)
         if kind == "train":
             text += f"{end_line}\nEvaluate on the *test* set\n" + result_block(accuracy, decimals)
-    (folder / "log.txt").write_text(text)
+    (folder / name).write_text(text)
 
 
 def b2n(root, phase, dataset, trainer, cfg, seed):
@@ -37,12 +37,19 @@ MUPL, COCOOP, ZS = "MuPL (cfg_m)", "CoCoOp (cfg_c)", "ZeroshotCLIP (vit_b16)"
 def output_tree(tmp_path):
     root = tmp_path / "output"
     for seed, (base, new) in enumerate([(95.0, 97.5), (96.0, 98.1), (94.0, 97.9)], start=1):
-        write_log(b2n(root, "train_base", "oxford_pets", "MuPL", "cfg_m", seed), base)
+        if seed == 2:  # interrupted, then resumed: the result is in the second log
+            write_log(b2n(root, "train_base", "oxford_pets", "MuPL", "cfg_m", seed), 0.0, "unfinished")
+            write_log(b2n(root, "train_base", "oxford_pets", "MuPL", "cfg_m", seed), base,
+                      name="log.txt-2026-11-24-10-00-00")
+        else:
+            write_log(b2n(root, "train_base", "oxford_pets", "MuPL", "cfg_m", seed), base)
         write_log(b2n(root, "test_new", "oxford_pets", "MuPL", "cfg_m", seed), new, "eval")
     for seed, (base, new) in enumerate([(80.0, 60.0), (82.0, 58.0)], start=1):
         write_log(b2n(root, "train_base", "dtd", "MuPL", "cfg_m", seed), base)
         write_log(b2n(root, "test_new", "dtd", "MuPL", "cfg_m", seed), new, "eval")
     write_log(b2n(root, "train_base", "dtd", "MuPL", "cfg_m", 3), 0.0, "unfinished")
+    # A run moved aside by the scripts' --force is not a seed.
+    write_log(b2n(root, "test_new", "dtd", "MuPL", "cfg_m", "1.old-2026-11-24-09-00-00"), 1.0, "eval")
     # CoCoOp from a CoOp-family repo: old end line, 2 decimals.
     for seed, (base, new) in enumerate([(95.25, 97.50), (94.75, 97.75), (95.50, 97.00)], start=1):
         write_log(b2n(root, "train_base", "oxford_pets", "CoCoOp", "cfg_c", seed), base,

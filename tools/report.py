@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from parse_test_res import read_result
+from parse_test_res import read_run_result, run_logs
 
 BASE2NEW_DATASETS = {
     "imagenet": "ImageNet", "caltech101": "Caltech101", "oxford_pets": "OxfordPets",
@@ -58,10 +58,9 @@ def read_cell(run_dirs, seeds, phase, problems):
     cell = Cell()
     for seed in seeds:
         folder = run_dirs.get(seed)
-        log_path = os.path.join(folder, "log.txt") if folder else None
-        value = read_result(log_path) if log_path else None
+        value = read_run_result(folder)[0] if folder else None
         if value is None:
-            state = "unfinished" if log_path and os.path.isfile(log_path) else "missing"
+            state = "unfinished" if folder and run_logs(folder) else "missing"
             cell.missing.append(seed)
             problems.append(f"{phase}: seed {seed} {state}")
         else:
