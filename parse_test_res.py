@@ -21,10 +21,11 @@ EVAL_ONLY_ARG = "eval_only: True"
 
 
 def _is_eval_only(lines):
-    """An eval-only run prints its arguments (``eval_only: True``) and never an epoch line."""
-    if any(line == EVAL_ONLY_ARG for line in lines):
-        return True
-    return not any(line.startswith("epoch [") for line in lines) and RESULT_START in lines
+    """Trust the printed ``eval_only:`` argument; logs without it are eval-only when they never trained."""
+    for line in lines:
+        if line.startswith("eval_only: "):
+            return line == EVAL_ONLY_ARG
+    return not any(line.startswith("epoch [") for line in lines)
 
 
 def _start_of_final_results(lines, test_log):
@@ -34,7 +35,7 @@ def _start_of_final_results(lines, test_log):
     for index, line in enumerate(lines):
         if TRAINING_END.match(line):
             return index
-    if _is_eval_only(lines):
+    if RESULT_START in lines and _is_eval_only(lines):
         return lines.index(RESULT_START)
     return None
 

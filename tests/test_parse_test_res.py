@@ -90,6 +90,17 @@ def test_test_logs_match_coop_and_ci95(tmp_path, capsys):
     assert spread == pytest.approx(1.96 * coop_std / np.sqrt(3))
     # Without --test-log an eval-only run still counts: it never trains, so it has no end line.
     assert parse_test_res.parse_experiment(str(tmp_path))[0] == pytest.approx(coop_mean)
+    crashed = tmp_path / "seed4"
+    crashed.mkdir()
+    (crashed / "log.txt").write_text("eval_only: True\nLoading weights\nTraceback (most recent call last):\n")
+    assert parse_test_res.read_result(str(crashed / "log.txt")) is None
+    assert parse_test_res.read_result(str(crashed / "log.txt"), test_log=True) is None
+    # A training run stopped before its first epoch line, with a result block, is still a training run.
+    (crashed / "log.txt").write_text("eval_only: False\nEvaluate on the *val* set\n" + result_block(40.0))
+    assert parse_test_res.read_result(str(crashed / "log.txt")) is None
+    # Without printed arguments (another repository's log), a log that never trained is an evaluation.
+    (crashed / "log.txt").write_text("Evaluate on the *test* set\n" + result_block(40.0))
+    assert parse_test_res.read_result(str(crashed / "log.txt")) == 40.0
 
 
 def test_resumed_run_counts_and_moved_aside_run_does_not(tmp_path, capsys):
