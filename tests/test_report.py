@@ -100,38 +100,45 @@ def expected_rows():
 
 
 def csv_rows(text):
-    return {(row["Dataset"], row["Method"].rstrip(" *")): row for row in csv.DictReader(io.StringIO(text))}
+    return {(row["dataset"], row["method"]): row for row in csv.DictReader(io.StringIO(text))}
 
 
 def test_base2new_numbers_in_csv_and_markdown(output_tree):
     files, text = report.build_report(str(output_tree))
     rows = csv_rows(files["base2new.csv"])
-    for key, values in expected_rows().items():
-        row = rows[key]
-        got = [row["Base"], row["New"], row["H"], row["ΔBase"], row["ΔNew"], row["ΔH"]]
+    for (dataset, method), values in expected_rows().items():
+        row = rows[(dataset, method)]
+        got = [row[k] for k in ("base", "new", "hm", "d_base", "d_new", "d_hm")]
         for cell, value in zip(got, values[:6]):
-            assert float(cell) == pytest.approx(value, abs=0.005), (key, cell, value)
+            assert float(cell) == pytest.approx(value, abs=1e-4), (dataset, method, cell, value)
+        mark = "" if row["all_seeds"] == "True" else " *"
+        cells = [dataset, method + mark] + [f"{v:.2f}" for v in values[:3]]
         if len(values) == 7:
-            assert row["Δ vs"] == values[6]
+            assert row["d_vs"] == values[6] and row["source"] == "measured"
+            cells += [f"{v:+.2f}" for v in values[3:6]] + [values[6]]
         else:  # published rows carry no delta
-            assert got[3:] == ["-", "-", "-"] and row["Δ vs"] == ""
-        cells = [row[h] for h in ["Dataset", "Method", "Base", "New", "H", "ΔBase", "ΔNew", "ΔH", "Δ vs"]]
+            assert got[3:] == ["", "", ""] and row["source"] == "paper"
+            cells += ["-", "-", "-", ""]
         assert "| " + " | ".join(cells) + " |" in text
     # The published MuPL row exists only as an 11-dataset average, so it is not compared on 2 datasets.
     assert not any(method.startswith("MuPL-paper") for _, method in rows)
-    assert rows[("DescribableTextures", MUPL)]["Method"] == MUPL + " *"
-    assert rows[("OxfordPets", MUPL)]["Method"] == MUPL
+    assert rows[("DescribableTextures", MUPL)]["all_seeds"] == "False"
+    assert rows[("OxfordPets", MUPL)]["all_seeds"] == "True"
+    assert f"| DescribableTextures | {MUPL} * | 81.00 |" in text
+    assert rows[("OxfordPets", MUPL)]["base_std"] == str(round((2 / 3) ** 0.5, 4))
     assert "Average of MuPL (cfg_m) over 2/11: OxfordPets, DescribableTextures datasets." in text
     assert "- MuPL (cfg_m) dtd train_base: seed 3 unfinished" in text
     assert "- MuPL (cfg_m) dtd test_new: seed 3 missing" in text
 
 
 def test_std_over_seeds_on_request(output_tree):
-    files, _ = report.build_report(str(output_tree), trainers=["MuPL"], show_std=True)
-    row = csv_rows(files["base2new.csv"])[("OxfordPets", MUPL)]
-    assert row["Base"] == f"95.00 ± {(2 / 3) ** 0.5:.2f}"
-    assert set(method for _, method in csv_rows(files["base2new.csv"])) >= {MUPL}
-    assert not any(method.startswith(("CoCoOp (", "Zeroshot")) for _, method in csv_rows(files["base2new.csv"]))
+    files, text = report.build_report(str(output_tree), trainers=["MuPL"], show_std=True)
+    assert f"| OxfordPets | {MUPL} | 95.00 ± {(2 / 3) ** 0.5:.2f} |" in text
+    assert r"95.00 $\pm$ 0.82" in files["base2new.tex"]
+    methods = {method for _, method in csv_rows(files["base2new.csv"])}
+    assert MUPL in methods and not any(m.startswith(("CoCoOp (", "Zeroshot")) for m in methods)
+    # Without the measured CoCoOp the deltas are taken to the published CoCoOp.
+    assert csv_rows(files["base2new.csv"])[("OxfordPets", MUPL)]["d_vs"] == "published CoCoOp"
 
 
 def test_transfer_tables_and_their_missing_runs(output_tree):

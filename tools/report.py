@@ -254,6 +254,20 @@ def base2new_table(rows, show_std):
     return header, body
 
 
+def base2new_csv_rows(rows):
+    """The base-to-new rows as numbers (std always included, empty when not applicable) for spreadsheets."""
+    header = ["dataset", "method", "source", "base", "new", "hm", "base_std", "new_std", "all_seeds",
+              "d_base", "d_new", "d_hm", "d_vs"]
+
+    def plain(value):
+        return "" if value is None else round(value, 4)
+
+    body = [[row["dataset"], row["method"], row["source"], plain(row["base"]), plain(row["new"]),
+             plain(row["hm"]), plain(row["base_std"]), plain(row["new_std"]), row["complete"],
+             plain(row["d_base"]), plain(row["d_new"]), plain(row["d_hm"]), row["vs"]] for row in rows]
+    return header, body
+
+
 def transfer_table(table, columns, show_std):
     """Header and rows of a cross-dataset or domain generalisation table (average over the targets)."""
     header = ["Method"] + [label for _, label in columns] + ["Average (targets)"]
@@ -354,8 +368,8 @@ def build_report(root, trainers=None, seeds=(1, 2, 3), show_std=False, reference
                 "seeds; `*` marks a cell with some seeds missing or unfinished. H = 2BN/(B+N) from the "
                 "averaged Base and New. Δ = measured minus CoCoOp (the `Δ vs` column says which CoCoOp)."]
     if base2new:
+        files["base2new.csv"] = csv_text(*base2new_csv_rows(rows))
         header, body = base2new_table(rows, show_std)
-        files["base2new.csv"] = csv_text(header, body)
         files["base2new.tex"] = latex(header, body)
         files["base2new.png"] = figure_png(rows)
         notes.append("Published [paper] averages are over the same datasets as the table (their own Average "
