@@ -124,7 +124,7 @@ def collect_transfer(root, seeds, trainers, targets):
             target_dirs = {t: os.path.join(eval_root, trainer, run_name, t) for t in targets}
             if not any(os.path.isdir(path) for path in target_dirs.values()):
                 continue
-            method = f"{trainer} ({re.sub(r'_16shots$', '', run_name)})"
+            method = f"{trainer} ({re.sub(r'_16shots$', '', run_name)})"  # other shot counts stay visible
             notes = []
             cells = {"imagenet": read_cell(seed_folders(os.path.join(source_root, trainer, run_name)),
                                            seeds, "imagenet source", notes)}
