@@ -1,0 +1,12 @@
+"""CLIP for prompt learning: OpenAI-compatible weights and tokenizer, plus prompt entry points."""
+from .clip import (
+    _MODELS,
+    CLIPWeightsError,
+    _download,
+    _transform,
+    available_models,
+    load,
+    load_state_dict_from,
+    tokenize,
+)
+from .model import build_model

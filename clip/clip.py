@@ -1,0 +1,132 @@
+"""Load CLIP by name or path, tokenize text; the public surface of OpenAI's ``clip`` module."""
+import os
+import os.path as osp
+import pickle
+import zipfile
+
+import torch
+from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+
+from .download import DownloadError, download_file
+from .model import build_model
+from .simple_tokenizer import END, START, get_tokenizer
+
+__all__ = ["available_models", "load", "load_state_dict_from", "tokenize", "CLIPWeightsError"]
+
+# Official weights; each URL carries the file's SHA256 as its second-to-last path component.
+_MODELS = {
+    "RN50": "https://openaipublic.azureedge.net/clip/models/afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
+    "RN101": "https://openaipublic.azureedge.net/clip/models/8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599/RN101.pt",
+    "RN50x4": "https://openaipublic.azureedge.net/clip/models/7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd/RN50x4.pt",
+    "RN50x16": "https://openaipublic.azureedge.net/clip/models/52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa/RN50x16.pt",
+    "RN50x64": "https://openaipublic.azureedge.net/clip/models/be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c/RN50x64.pt",
+    "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+    "ViT-B/16": "https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+    "ViT-L/14": "https://openaipublic.azureedge.net/clip/models/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+    "ViT-L/14@336px": "https://openaipublic.azureedge.net/clip/models/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+}
+CACHE_ENV = "CLIP_CACHE_DIR"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class CLIPWeightsError(RuntimeError):
+    """CLIP weights that cannot be had or read; the message names the file and how to fix it."""
+
+
+def available_models():
+    return list(_MODELS.keys())
+
+
+def default_cache_dir():
+    return os.environ.get(CACHE_ENV) or osp.expanduser("~/.cache/clip")
+
+
+def _download(url, root=None):
+    """The verified local copy of an official weights file, downloading it when missing."""
+    root = root or default_cache_dir()
+    destination = osp.join(root, osp.basename(url))
+    try:
+        return download_file(url, destination, sha256=url.split("/")[-2])
+    except DownloadError as error:
+        raise CLIPWeightsError(f"CLIP weights {osp.basename(url)} are not available: {error}") from error
+
+
+def _is_torchscript(path):
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def _read_weights(path, trusted_archive):
+    """A state dict from a plain ``torch.save`` file, or from an OpenAI TorchScript archive."""
+    if _is_torchscript(path):
+        if not trusted_archive:
+            raise CLIPWeightsError(f"{path} is a TorchScript archive that matches no official checksum")
+        return torch.jit.load(path, map_location="cpu").state_dict()
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise CLIPWeightsError(f"Cannot read CLIP weights from {path}: {error}") from error
+    if isinstance(loaded, dict) and "state_dict" in loaded:
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or "text_projection" not in loaded:
+        raise CLIPWeightsError(f"{path} does not hold a CLIP state dict (no 'text_projection')")
+    return loaded
+
+
+def load_state_dict_from(name_or_path, download_root=None):
+    """CLIP weights from a ``_MODELS`` name (cache, else download) or from a file the user names."""
+    if osp.isfile(name_or_path):
+        return _read_weights(name_or_path, trusted_archive=True)
+    if name_or_path in _MODELS:
+        path = _download(_MODELS[name_or_path], download_root)
+        return _read_weights(path, trusted_archive=True)
+    raise CLIPWeightsError(
+        f"Model {name_or_path!r} is neither a file nor one of {available_models()}; give a model name "
+        "or the path to a weights file (MODEL.BACKBONE.NAME /path/to/ViT-B-16.pt)"
+    )
+
+
+def _convert_to_rgb(image):
+    return image.convert("RGB")
+
+
+def _transform(n_px):
+    return Compose([
+        Resize(n_px, interpolation=InterpolationMode.BICUBIC),
+        CenterCrop(n_px),
+        _convert_to_rgb,
+        ToTensor(),
+        Normalize(CLIP_MEAN, CLIP_STD),
+    ])
+
+
+def load(name, device="cpu", jit=False, download_root=None):
+    """``(model, preprocess)``; fp16 on the GPU as OpenAI ships it, fp32 on the CPU."""
+    if jit:
+        raise ValueError("jit=True is not supported: this CLIP is rebuilt from the weights (jit=False)")
+    device = torch.device(device)
+    model = build_model(load_state_dict_from(name, download_root)).to(device)
+    if device.type == "cpu":
+        model.float()
+    return model, _transform(model.visual.input_resolution)
+
+
+def tokenize(texts, context_length=77, truncate=False):
+    """(N, context_length) token ids: SOT, the BPE ids, EOT, zero padding."""
+    if isinstance(texts, str):
+        texts = [texts]
+    tokenizer = get_tokenizer()
+    sot, eot = tokenizer.encoder[START], tokenizer.encoder[END]
+    result = torch.zeros(len(texts), context_length, dtype=torch.long)
+    for i, text in enumerate(texts):
+        tokens = [sot] + tokenizer.encode(text) + [eot]
+        if len(tokens) > context_length:
+            if not truncate:
+                raise RuntimeError(f"Input {text} is too long for context length {context_length}")
+            tokens = tokens[:context_length]
+            tokens[-1] = eot
+        result[i, : len(tokens)] = torch.tensor(tokens)
+    return result

@@ -1,0 +1,322 @@
+"""CLIP's image and text towers, with OpenAI's parameter names so official weights load strictly.
+
+Written batch-first around ``scaled_dot_product_attention``. The image encoder takes optional visual
+prompt tokens (appended after the positional embedding, before ``ln_pre``) and per-layer replacement
+prompts, the one entry point every visual-prompt method in this project uses.
+"""
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm(nn.LayerNorm):
+    """Computed in fp32 whatever the input dtype, as OpenAI's CLIP does for fp16 weights."""
+
+    def forward(self, x):
+        return super().forward(x.float()).type(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width, heads, causal=False):
+        super().__init__()
+        # nn.MultiheadAttention only holds the parameters (in_proj_*, out_proj), named as OpenAI's.
+        self.attn = nn.MultiheadAttention(width, heads)
+        self.ln_1 = LayerNorm(width)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [("c_fc", nn.Linear(width, width * 4)), ("gelu", QuickGELU()),
+                 ("c_proj", nn.Linear(width * 4, width))]
+            )
+        )
+        self.ln_2 = LayerNorm(width)
+        self.heads = heads
+        self.causal = causal
+
+    def attention(self, x):
+        batch, length, width = x.shape
+        qkv = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias)
+        q, k, v = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.attn.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+
+    def forward(self, x):
+        x = x + self.attention(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of residual attention blocks on (batch, length, width) tensors."""
+
+    def __init__(self, width, layers, heads, causal=False):
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
+
+    def forward(self, x):
+        return self.resblocks(x)
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, input_resolution, patch_size, width, layers, heads, output_dim):
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.output_dim = output_dim
+        self.width = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        scale = width ** -0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        grid = input_resolution // patch_size
+        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    def forward(self, x, prompts=None, deep_prompts=None):
+        """``prompts`` (B, P, width) join the sequence after the patches; ``deep_prompts[i]`` (B, P, width)
+        replaces them at the input of layer i + 1. Prompt outputs never reach ``ln_post``."""
+        x = self.conv1(x).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        n_prompts = 0
+        if prompts is not None:
+            n_prompts = prompts.shape[1]
+            x = torch.cat([x, prompts.to(x.dtype)], dim=1)
+        deep_prompts = list(deep_prompts or [])
+        if deep_prompts and not n_prompts:
+            raise ValueError("deep_prompts need input prompts to replace")
+        if len(deep_prompts) >= len(self.transformer.resblocks):
+            raise ValueError(f"at most {len(self.transformer.resblocks) - 1} deep prompt layers")
+        x = self.ln_pre(x)
+        for index, block in enumerate(self.transformer.resblocks):
+            if 0 < index <= len(deep_prompts):
+                x = torch.cat([x[:, :-n_prompts], deep_prompts[index - 1].to(x.dtype)], dim=1)
+            x = block(x)
+        x = self.ln_post(x[:, 0, :])
+        return x @ self.proj
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu3 = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride > 1 or inplanes != planes * self.expansion:
+            self.downsample = nn.Sequential(
+                OrderedDict(
+                    [("-1", nn.AvgPool2d(stride)),
+                     ("0", nn.Conv2d(inplanes, planes * self.expansion, 1, stride=1, bias=False)),
+                     ("1", nn.BatchNorm2d(planes * self.expansion))]
+                )
+            )
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(self.avgpool(out)))
+        return self.relu3(out + identity)
+
+
+class AttentionPool2d(nn.Module):
+    """Attention pooling of the final feature map, queried by the mean token."""
+
+    def __init__(self, spacial_dim, embed_dim, num_heads, output_dim=None):
+        super().__init__()
+        self.positional_embedding = nn.Parameter(torch.randn(spacial_dim ** 2 + 1, embed_dim) / embed_dim ** 0.5)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_proj = nn.Linear(embed_dim, output_dim or embed_dim)
+        self.num_heads = num_heads
+
+    def forward(self, x):
+        batch, channels = x.shape[:2]
+        x = x.flatten(2).transpose(1, 2)  # (B, HW, C)
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + self.positional_embedding.to(x.dtype)
+        head_dim = channels // self.num_heads
+
+        def heads(t):
+            return t.view(batch, -1, self.num_heads, head_dim).transpose(1, 2)
+
+        q = heads(self.q_proj(x[:, :1]))
+        out = F.scaled_dot_product_attention(q, heads(self.k_proj(x)), heads(self.v_proj(x)))
+        return self.c_proj(out.transpose(1, 2).reshape(batch, channels))
+
+
+class ModifiedResNet(nn.Module):
+    """ResNet with a 3-conv stem, anti-aliased strided convolutions and attention pooling."""
+
+    def __init__(self, layers, output_dim, heads, input_resolution=224, width=64):
+        super().__init__()
+        self.output_dim = output_dim
+        self.input_resolution = input_resolution
+        self.width = width
+        self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width // 2)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width // 2, width // 2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width // 2)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(width // 2, width, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.relu3 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(2)
+        self._inplanes = width
+        self.layer1 = self._make_layer(width, layers[0])
+        self.layer2 = self._make_layer(width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(width * 8, layers[3], stride=2)
+        self.attnpool = AttentionPool2d(input_resolution // 32, width * 32, heads, output_dim)
+
+    def _make_layer(self, planes, blocks, stride=1):
+        layers = [Bottleneck(self._inplanes, planes, stride)]
+        self._inplanes = planes * Bottleneck.expansion
+        layers += [Bottleneck(self._inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x, prompts=None, deep_prompts=None):
+        if prompts is not None or deep_prompts:
+            raise ValueError("Visual prompts need a ViT image encoder; this backbone is a ResNet")
+        x = x.type(self.conv1.weight.dtype)
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        x = self.avgpool(self.relu3(self.bn3(self.conv3(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.attnpool(x)
+
+
+class CLIP(nn.Module):
+    def __init__(self, embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
+                 context_length, vocab_size, transformer_width, transformer_heads, transformer_layers):
+        super().__init__()
+        self.context_length = context_length
+        if isinstance(vision_layers, (tuple, list)):
+            self.visual = ModifiedResNet(vision_layers, embed_dim, vision_width * 32 // 64,
+                                         image_resolution, vision_width)
+        else:
+            self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width,
+                                            vision_layers, vision_width // 64, embed_dim)
+        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, causal=True)
+        self.vocab_size = vocab_size
+        self.token_embedding = nn.Embedding(vocab_size, transformer_width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
+        self.ln_final = LayerNorm(transformer_width)
+        self.text_projection = nn.Parameter(torch.empty(transformer_width, embed_dim))
+        self.logit_scale = nn.Parameter(torch.ones([]) * torch.log(torch.tensor(1 / 0.07)))
+        self.initialize_parameters()
+
+    def initialize_parameters(self):
+        """Random weights for tests and the demo's pretraining; official weights overwrite them."""
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        width = self.transformer.width
+        proj_std = width ** -0.5 * (2 * self.transformer.layers) ** -0.5
+        for block in self.transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=width ** -0.5)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.text_projection, std=width ** -0.5)
+
+    @property
+    def dtype(self):
+        return self.visual.conv1.weight.dtype
+
+    def encode_image(self, image):
+        return self.visual(image.type(self.dtype))
+
+    def encode_text(self, text):
+        x = self.token_embedding(text).type(self.dtype) + self.positional_embedding.type(self.dtype)
+        x = self.ln_final(self.transformer(x))
+        return x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ self.text_projection
+
+    def forward(self, image, text):
+        image_features = F.normalize(self.encode_image(image), dim=-1)
+        text_features = F.normalize(self.encode_text(text), dim=-1)
+        logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()
+        return logits_per_image, logits_per_image.t()
+
+
+def convert_weights(model):
+    """fp16 for convolutions, linear layers, attention and projections, as OpenAI ships CLIP."""
+
+    def to_fp16(module):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            module.weight.data = module.weight.data.half()
+            if module.bias is not None:
+                module.bias.data = module.bias.data.half()
+        if isinstance(module, nn.MultiheadAttention):
+            for name in ("in_proj_weight", "in_proj_bias", "bias_k", "bias_v"):
+                tensor = getattr(module, name)
+                if tensor is not None:
+                    tensor.data = tensor.data.half()
+        for name in ("text_projection", "proj"):
+            tensor = getattr(module, name, None)
+            if isinstance(tensor, nn.Parameter):
+                tensor.data = tensor.data.half()
+
+    model.apply(to_fp16)
+
+
+def architecture_from_state_dict(state_dict):
+    """The CLIP constructor arguments implied by the shapes of an OpenAI-layout state dict."""
+    vit = "visual.proj" in state_dict
+    if vit:
+        vision_width = state_dict["visual.conv1.weight"].shape[0]
+        vision_layers = len({k.split(".")[3] for k in state_dict
+                             if k.startswith("visual.transformer.resblocks.")})
+        vision_patch_size = state_dict["visual.conv1.weight"].shape[-1]
+        grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        image_resolution = vision_patch_size * grid
+    else:
+        vision_layers = tuple(
+            len({k.split(".")[2] for k in state_dict if k.startswith(f"visual.layer{b}.")})
+            for b in (1, 2, 3, 4)
+        )
+        vision_width = state_dict["visual.layer1.0.conv1.weight"].shape[0]
+        output_width = round((state_dict["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+        vision_patch_size = None
+        image_resolution = output_width * 32
+    transformer_width = state_dict["ln_final.weight"].shape[0]
+    return dict(
+        embed_dim=state_dict["text_projection"].shape[1],
+        image_resolution=image_resolution,
+        vision_layers=vision_layers,
+        vision_width=vision_width,
+        vision_patch_size=vision_patch_size,
+        context_length=state_dict["positional_embedding"].shape[0],
+        vocab_size=state_dict["token_embedding.weight"].shape[0],
+        transformer_width=transformer_width,
+        transformer_heads=transformer_width // 64,
+        transformer_layers=len({k.split(".")[2] for k in state_dict if k.startswith("transformer.resblocks.")}),
+    )
+
+
+def build_model(state_dict):
+    """An fp16 CLIP in eval mode from an OpenAI-layout state dict (strict: every name must match)."""
+    state_dict = {k: v for k, v in state_dict.items()
+                  if k not in ("input_resolution", "context_length", "vocab_size")}
+    model = CLIP(**architecture_from_state_dict(state_dict))
+    convert_weights(model)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()

@@ -1,0 +1,86 @@
+"""The text side of prompt learning, written once for every trainer.
+
+``ClassPrompts`` holds the fixed token embeddings around the learnable context of
+``[SOS] ctx_1 .. ctx_M classname . [EOT]``; ``TextEncoder`` runs assembled prompts through CLIP's text
+transformer. Because that transformer is causal and the feature is read at EOT, every position after
+the longest EOT is cut before it runs (the output is identical), and any number of prompt sets
+(B images x C classes) go through in chunked calls.
+"""
+import torch
+from torch import nn
+
+from .clip import tokenize
+from .simple_tokenizer import get_tokenizer
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, clip_model, chunk_size=1024):
+        super().__init__()
+        self.transformer = clip_model.transformer
+        self.positional_embedding = clip_model.positional_embedding
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.chunk_size = chunk_size
+
+    def forward(self, prompts, eot):
+        """``prompts`` (..., L, D) token embeddings, ``eot`` (...) EOT positions -> (..., E)."""
+        leading = prompts.shape[:-2]
+        length = int(eot.max()) + 1
+        dtype = self.text_projection.dtype
+        x = prompts.reshape(-1, *prompts.shape[-2:])[:, :length].type(dtype)
+        x = x + self.positional_embedding[:length].type(dtype)
+        eot = eot.reshape(-1).to(x.device)
+        features = []
+        for start in range(0, x.shape[0], self.chunk_size):
+            hidden = self.transformer(x[start : start + self.chunk_size])
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            at_eot = self.ln_final(hidden[rows, eot[start : start + self.chunk_size]])
+            features.append(at_eot @ self.text_projection)
+        return torch.cat(features).reshape(*leading, -1)
+
+
+class ClassPrompts(nn.Module):
+    """Token embeddings of ``"X X .. X {classname}."`` around ``n_ctx`` context slots, per class.
+
+    Buffers (rebuilt for any class list, never learned): ``token_prefix`` (C, 1, D) the SOS embedding,
+    ``token_suffix`` (C, L - 1 - n_ctx, D) class name, period, EOT and padding, ``eot`` (C,) and
+    ``name_lens`` (C,) the number of tokens of each class name.
+    """
+
+    def __init__(self, clip_model, classnames, n_ctx, ctx_init=None):
+        super().__init__()
+        names = [name.replace("_", " ") for name in classnames]
+        if ctx_init:
+            ctx_init = ctx_init.replace("_", " ")
+            if len(get_tokenizer().encode(ctx_init)) != n_ctx:
+                raise ValueError(f"CTX_INIT {ctx_init!r} is not {n_ctx} tokens long")
+        prefix = ctx_init or " ".join(["X"] * n_ctx)
+        tokens = tokenize([f"{prefix} {name}." for name in names])
+        with torch.no_grad():
+            embedding = clip_model.token_embedding(tokens).type(clip_model.text_projection.dtype)
+        self.n_ctx = n_ctx
+        self.register_buffer("token_prefix", embedding[:, :1].clone(), persistent=False)
+        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx :].clone(), persistent=False)
+        self.register_buffer("eot", tokens.argmax(dim=-1), persistent=False)
+        self.register_buffer(
+            "name_lens", torch.tensor([len(get_tokenizer().encode(n)) for n in names]), persistent=False
+        )
+        self._init_vectors = embedding[0, 1 : 1 + n_ctx].clone() if ctx_init else None
+
+    def ctx_init_vectors(self):
+        """(n_ctx, D) token embeddings of CTX_INIT, the starting point of the learnable context."""
+        if self._init_vectors is None:
+            raise ValueError("ClassPrompts was built without ctx_init")
+        return self._init_vectors
+
+    def assemble(self, ctx, batched=False):
+        """ctx (n_ctx, D) or (C, n_ctx, D) -> (C, L, D); with ``batched``, (B, n_ctx, D) -> (B, C, L, D)."""
+        n_cls = self.token_prefix.shape[0]
+        prefix, suffix = self.token_prefix.type(ctx.dtype), self.token_suffix.type(ctx.dtype)
+        if batched:
+            batch = ctx.shape[0]
+            ctx = ctx[:, None].expand(batch, n_cls, -1, -1)
+            return torch.cat([prefix.expand(batch, -1, -1, -1), ctx, suffix.expand(batch, -1, -1, -1)], dim=2)
+        if ctx.dim() == 2:
+            ctx = ctx.expand(n_cls, -1, -1)
+        return torch.cat([prefix, ctx, suffix], dim=1)
