@@ -8,7 +8,7 @@ import torch
 from .model import CLIP, build_model
 
 TINY_ARCHS = {
-    "vit": dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
+    "vit": dict(embed_dim=32, image_resolution=32, vision_layers=3, vision_width=64, vision_patch_size=8,
                 context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
                 transformer_layers=2),
     "rn": dict(embed_dim=32, image_resolution=32, vision_layers=(1, 1, 1, 1), vision_width=8,

@@ -41,7 +41,7 @@ def trainer_node(module, name, **values):
 def reference_text_features(clip_model, prompts, eot):
     """The reference design: every prompt at CLIP's full 77 tokens through CLIP's own text tower."""
     x = prompts + clip_model.positional_embedding
-    x = clip_model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+    x = clip_model.transformer(x)  # batch-first (batch, 77, width), causal
     x = clip_model.ln_final(x)
     return x[torch.arange(x.shape[0]), eot] @ clip_model.text_projection
 
