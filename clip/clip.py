@@ -2,6 +2,7 @@
 import os
 import os.path as osp
 import pickle
+import warnings
 import zipfile
 
 import torch
@@ -64,7 +65,9 @@ def _read_weights(path, trusted_archive):
     if _is_torchscript(path):
         if not trusted_archive:
             raise CLIPWeightsError(f"{path} is a TorchScript archive that matches no official checksum")
-        return torch.jit.load(path, map_location="cpu").state_dict()
+        with warnings.catch_warnings():  # OpenAI ships TorchScript; torch now flags it as deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(path, map_location="cpu").state_dict()
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:

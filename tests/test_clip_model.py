@@ -1,0 +1,119 @@
+"""clip/ against an independent implementation (open_clip), and its prompt entry points."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clip
+from clip.model import CLIP, architecture_from_state_dict, build_model
+from clip.prompting import ClassPrompts, TextEncoder
+from clip.tiny import build_tiny_clip, tiny_state_dict
+
+open_clip = pytest.importorskip("open_clip")
+
+# Real shapes: layers trimmed to keep the CPU test fast, widths and patch sizes as released.
+REAL_SHAPES = {
+    "RN50": dict(embed_dim=1024, image_resolution=224, vision_layers=(3, 4, 6, 3), vision_width=64,
+                 vision_patch_size=None, transformer_width=512, transformer_heads=8, transformer_layers=2),
+    "ViT-B/32": dict(embed_dim=512, image_resolution=224, vision_layers=2, vision_width=768,
+                     vision_patch_size=32, transformer_width=512, transformer_heads=8, transformer_layers=2),
+    "ViT-B/16": dict(embed_dim=512, image_resolution=224, vision_layers=2, vision_width=768,
+                     vision_patch_size=16, transformer_width=512, transformer_heads=8, transformer_layers=2),
+}
+HARD_STRINGS = [
+    "a photo of a cat.",
+    "Crème brûlée à la française, naïve façade",
+    "emoji 🐱🚀 and symbols ©®™ &amp; <html>",
+    "don't   stop   WE'LL  go   it's     fine",
+    "数字 123 4567 and mixed ǅ ﬁ ligatures",
+]
+
+
+def random_openai_state_dict(name, seed=0):
+    """Random weights in OpenAI's layout, rounded through fp16 as the released files are."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIP(context_length=77, vocab_size=49408, **REAL_SHAPES[name])
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.data.uniform_(0.5, 1.5)
+    return {k: v.clone() for k, v in build_model(model.state_dict()).float().state_dict().items()}
+
+
+@pytest.mark.parametrize("name", list(REAL_SHAPES))
+def test_features_match_open_clip_on_the_same_weights(name):
+    state_dict = random_openai_state_dict(name)
+    ours = build_model(state_dict).float().eval()
+    theirs = open_clip.model.build_model_from_openai_state_dict(dict(state_dict)).float().eval()
+    image = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    text = clip.tokenize(["a photo of a dog.", "a diagram"])
+    with torch.no_grad():
+        image_diff = F.normalize(ours.encode_image(image), dim=-1) - F.normalize(theirs.encode_image(image), dim=-1)
+        text_diff = F.normalize(ours.encode_text(text), dim=-1) - F.normalize(theirs.encode_text(text), dim=-1)
+    assert image_diff.abs().max() <= 1e-5
+    assert text_diff.abs().max() <= 1e-5
+
+
+def test_tokenizer_matches_open_clip():
+    reference = open_clip.get_tokenizer("ViT-B-16")
+    long_text = "a very long caption " * 40
+    assert torch.equal(clip.tokenize(HARD_STRINGS), reference(HARD_STRINGS))
+    assert torch.equal(clip.tokenize([long_text], truncate=True), reference([long_text]))
+    with pytest.raises(RuntimeError, match="too long for context length 77"):
+        clip.tokenize([long_text])
+
+
+def test_build_model_infers_architecture_and_converts_to_fp16():
+    state_dict = tiny_state_dict("vit")
+    arch = architecture_from_state_dict(state_dict)
+    assert (arch["vision_layers"], arch["vision_width"], arch["image_resolution"]) == (3, 64, 32)
+    model = build_model(state_dict)
+    assert model.visual.conv1.weight.dtype == torch.float16
+    assert model.ln_final.weight.dtype == torch.float32
+    assert not model.training
+    rn = architecture_from_state_dict(tiny_state_dict("rn"))
+    assert rn["vision_layers"] == (1, 1, 1, 1) and rn["image_resolution"] == 32
+
+
+def test_truncated_batched_text_encoder_equals_the_77_token_loop():
+    model = build_tiny_clip().float()
+    names = ["cat", "golden_retriever", "a very long class name with many words in it"]
+    prompts = ClassPrompts(model, names, n_ctx=4)
+    encoder = TextEncoder(model, chunk_size=2)
+    ctx = torch.randn(3, 4, 64)  # three images, one context each
+    batched = encoder(prompts.assemble(ctx, batched=True), prompts.eot.expand(3, -1))
+    for image in range(3):
+        x = prompts.assemble(ctx[image]) + model.positional_embedding
+        x = model.ln_final(model.transformer(x))
+        loop = x[torch.arange(3), prompts.eot] @ model.text_projection
+        assert torch.allclose(batched[image], loop, atol=1e-5)
+    assert batched.shape == (3, 3, 32)
+
+
+def test_class_prompts_start_from_ctx_init_and_read_like_the_sentence():
+    model = build_tiny_clip().float()
+    prompts = ClassPrompts(model, ["pug"], n_ctx=4, ctx_init="a photo of a")
+    assembled = prompts.assemble(prompts.ctx_init_vectors())
+    expected = model.token_embedding(clip.tokenize(["a photo of a pug."]))
+    assert torch.equal(assembled, expected)
+    assert prompts.name_lens.tolist() == [1]
+    with pytest.raises(ValueError, match="not 3 tokens"):
+        ClassPrompts(model, ["pug"], n_ctx=3, ctx_init="a photo of a")
+
+
+def test_visual_prompts_enter_before_ln_pre_and_deep_prompts_replace_them():
+    model = build_tiny_clip().float()
+    image = torch.randn(2, 3, 32, 32)
+    plain = model.visual(image)
+    assert torch.allclose(model.visual(image, prompts=torch.zeros(2, 0, 64)), plain, atol=1e-6)
+    prompts = torch.randn(2, 4, 64)
+    shallow = model.visual(image, prompts=prompts)
+    assert not torch.allclose(shallow, plain)
+    deep = model.visual(image, prompts=prompts, deep_prompts=[torch.randn(2, 4, 64)])
+    assert not torch.allclose(deep, shallow)
+    with pytest.raises(ValueError, match="at most 2 deep prompt layers"):
+        model.visual(image, prompts=prompts, deep_prompts=[prompts] * 3)
+    resnet = build_tiny_clip("rn").float()
+    with pytest.raises(ValueError, match="need a ViT"):
+        resnet.visual(image, prompts=prompts)
