@@ -187,3 +187,14 @@ def test_bad_settings_are_rejected(clip_model):
         build(clip_model, FTP__MODE="per_token")
     with pytest.raises(ValueError):
         build(clip_model, TVP__TEXT="random")
+
+
+def test_resnet_runs_ftp_only_and_refuses_tvp(images):
+    resnet = cast_clip(clip.build_model(tiny_state_dict(arch="rn", seed=0)), "fp32")
+    with pytest.raises(ValueError, match="ViT"):
+        build(resnet)
+    model = build(resnet, TVP__ENABLED=False)
+    loss, logits = model.training_loss(images, torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert logits.shape == (BATCH, len(CLASSNAMES))
+    assert model.prompt_learner.meta_tokens.nets[0].linear1.weight.grad is not None
