@@ -21,7 +21,6 @@ from .common import (
     context_size,
     declare_trainer_node,
     initial_context,
-    normalize,
 )
 from .templates import DEFAULT_TEMPLATE
 
