@@ -6,15 +6,21 @@
         --output-dir output/... DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base
 """
 import argparse
+import os
 import sys
 
 import torch
 
 import plugins
+from clip import CLIPWeightsError
 from dassl.config import get_cfg_default
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer
-from dassl.utils import check_availability, collect_env_info, set_random_seed, setup_logger
+from dassl.utils import CheckpointError, check_availability, collect_env_info, set_random_seed, setup_logger
+from datasets.base import DatasetError
+
+# Bad input a user can fix: reported as one message (set MUPL_TRACEBACK=1 for the traceback).
+USER_ERRORS = (DatasetError, CLIPWeightsError, CheckpointError, OSError)
 
 
 def build_parser():
@@ -110,20 +116,35 @@ def main(args):
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
+    logger = setup_logger(cfg.OUTPUT_DIR)
     torch.backends.cudnn.benchmark = False
     print_args(args, cfg)
     print("Collecting env info ...")
     print(f"** System info **\n{collect_env_info()}\n")
 
+    try:
+        run(cfg, args)
+    except USER_ERRORS as error:
+        if os.environ.get("MUPL_TRACEBACK"):
+            raise
+        message = f"train.py: error: {error}"
+        logger.file.write(message + "\n")
+        logger.file.flush()
+        print(message, file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(cfg, args):
     trainer = build_trainer(cfg)
     if args.eval_only:
-        trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        try:
+            trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        except RuntimeError as error:  # weights of another trainer or backbone
+            raise CheckpointError(str(error)) from error
         trainer.test()
-        return 0
-    if not args.no_train:
+    elif not args.no_train:
         trainer.train()
-    return 0
 
 
 if __name__ == "__main__":

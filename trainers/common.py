@@ -176,8 +176,10 @@ class PromptTrainer(TrainerX):
         for name in self.get_model_names():
             path = osp.join(directory, name, file_name)
             if not osp.exists(path):
-                raise FileNotFoundError(f'Model not found at "{path}"')
+                raise FileNotFoundError(f'Model not found at "{path}" (check --model-dir and --load-epoch)')
             checkpoint = load_checkpoint(path)
+            if hasattr(self, "check_checkpoint_meta"):  # this project's dassl; Dassl.pytorch has none
+                self.check_checkpoint_meta(checkpoint.get("meta"), path)
             state_dict = {
                 key: value
                 for key, value in checkpoint["state_dict"].items()

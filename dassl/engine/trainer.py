@@ -37,6 +37,15 @@ EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
 STOP_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
+def missing_model_message(model_path):
+    """Name the file and list the epochs that do exist beside it."""
+    folder = osp.dirname(model_path)
+    if not osp.isdir(folder):
+        return f'Model not found at "{model_path}": {folder} does not exist (train first, or fix --model-dir)'
+    epochs = sorted(int(m.group(1)) for m in map(EPOCH_FILE.match, os.listdir(folder)) if m)
+    return f'Model not found at "{model_path}"; saved epochs there: {epochs or "none"} (see --load-epoch)'
+
+
 class TrainingInterrupted(SystemExit):
     """Raised after the interrupt checkpoint is written; its code is the shell's 128 + signal."""
 
@@ -86,7 +95,40 @@ class TrainerBase:
             "rng_state": capture_rng_state(),
             "epoch_rng_state": epoch_rng_state,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "meta": self.checkpoint_meta(),
         }
+
+    def checkpoint_meta(self):
+        """Plain facts about the run, so a checkpoint used in the wrong place can be recognised."""
+        return {}
+
+    def check_checkpoint_meta(self, meta, path):
+        """Refuse a checkpoint of another trainer; say so when the class set changed."""
+        mine = self.checkpoint_meta()
+        if not meta or not mine:
+            return
+        if meta.get("trainer") != mine.get("trainer"):
+            raise CheckpointError(
+                f'{path} was written by trainer {meta.get("trainer")}, but this run is {mine.get("trainer")}: '
+                "point --model-dir / --resume at a run of the same trainer"
+            )
+        if meta.get("backbone") != mine.get("backbone"):
+            print(f'Warning: {path} was trained with backbone {meta.get("backbone")}, this run uses '
+                  f'{mine.get("backbone")}')
+        if (meta.get("dataset"), meta.get("num_classes")) != (mine.get("dataset"), mine.get("num_classes")):
+            print(f'Note: the model in {path} was trained on {meta.get("dataset")} '
+                  f'({meta.get("num_classes")} classes, {meta.get("subsample")}); this run evaluates on '
+                  f'{mine.get("dataset")} ({mine.get("num_classes")} classes, {mine.get("subsample")})')
+
+    def load_state_into(self, name, state_dict, path, strict=True):
+        """``load_state_dict`` with a message naming the file when the weights do not fit."""
+        try:
+            return self._models[name].load_state_dict(state_dict, strict=strict)
+        except RuntimeError as error:
+            raise CheckpointError(
+                f"{path} does not fit model {name!r} of this run (another trainer, backbone or "
+                f"config?): {str(error).splitlines()[0]}"
+            ) from error
 
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name="",
                    iteration=0, epoch_rng_state=None):
@@ -146,7 +188,8 @@ class TrainerBase:
 
         for name, (path, checkpoint) in loaded.items():
             print(f'Loading checkpoint from "{path}"')
-            self._models[name].load_state_dict(checkpoint["state_dict"])
+            self.check_checkpoint_meta(checkpoint.get("meta"), path)
+            self.load_state_into(name, checkpoint["state_dict"], path)
             if self._optims[name] is not None and checkpoint.get("optimizer") is not None:
                 self._optims[name].load_state_dict(checkpoint["optimizer"])
             if self._scheds[name] is not None and checkpoint.get("scheduler") is not None:
@@ -189,12 +232,13 @@ class TrainerBase:
         for name in self.get_model_names():
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
-                raise FileNotFoundError(f'Model not found at "{model_path}"')
+                raise FileNotFoundError(missing_model_message(model_path))
             checkpoint = load_checkpoint(model_path)
+            self.check_checkpoint_meta(checkpoint.get("meta"), model_path)
             val_result = checkpoint.get("val_result")
             suffix = f", val_result = {val_result:.1f}" if val_result is not None else ""
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]}{suffix})')
-            self._models[name].load_state_dict(checkpoint["state_dict"])
+            self.load_state_into(name, checkpoint["state_dict"], model_path)
 
     # --- modes and updates ------------------------------------------------------------------------
     def set_model_mode(self, mode="train", names=None):
@@ -317,6 +361,15 @@ class SimpleTrainer(TrainerBase):
 
     def check_cfg(self, cfg):
         """Subclasses assert the config keys they need."""
+
+    def checkpoint_meta(self):
+        return {
+            "trainer": self.cfg.TRAINER.NAME,
+            "backbone": self.cfg.MODEL.BACKBONE.NAME,
+            "dataset": self.cfg.DATASET.NAME,
+            "subsample": self.cfg.DATASET.get("SUBSAMPLE_CLASSES", "all"),
+            "num_classes": self.num_classes,
+        }
 
     def build_data_loader(self):
         dm = DataManager(self.cfg)
