@@ -138,6 +138,7 @@ class CoOpDataset(DatasetBase):
             train, fewshot_val = self.fewshot_splits(train, val, cfg.DATASET.NUM_SHOTS, cfg.SEED)
             if self.has_val:
                 val = fewshot_val
+        self.check_every_class_trains(train, test)
         train, val, test = subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
         super().__init__(train_x=train, val=val, test=test)
 
@@ -177,6 +178,14 @@ class CoOpDataset(DatasetBase):
     def check_no_empty_class(self, train):
         if not train:
             raise DatasetError(f"The few-shot training set of {self.dataset_dir} is empty")
+
+    def check_every_class_trains(self, train, test):
+        """A class with test images but no training image would silently shift every label after it."""
+        trained = {item.label for item in train}
+        empty = sorted({(item.label, item.classname) for item in test if item.label not in trained})
+        if empty:
+            names = ", ".join(f"{label} ({name})" for label, name in empty[:5])
+            raise DatasetError(f"{len(empty)} classes of {self.dataset_dir} have no training image: {names}")
 
     def to_relative(self, items):
         return [[osp.relpath(item.impath, self.dataset_dir), item.label, item.classname] for item in items]

@@ -76,10 +76,16 @@ def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True
     if not model_name:
         model_name = f"model.pth.tar-{state['epoch']}"
     fpath = osp.join(save_dir, model_name)
-    with atomic_write(fpath) as handle:
-        torch.save(state, handle)
-    with atomic_write(osp.join(save_dir, POINTER_FILE), mode="w") as handle:
-        handle.write(model_name + "\n")
+    try:
+        with atomic_write(fpath) as handle:
+            torch.save(state, handle)
+        with atomic_write(osp.join(save_dir, POINTER_FILE), mode="w") as handle:
+            handle.write(model_name + "\n")
+    except OSError as error:
+        raise CheckpointError(
+            f"Could not write checkpoint {fpath} ({error}; is the disk full?). "
+            "Earlier checkpoints are untouched; free space and rerun the same command to resume"
+        ) from error
     print(f"Checkpoint saved to {fpath}")
     if is_best:
         best_fpath = osp.join(save_dir, "model-best.pth.tar")
