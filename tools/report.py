@@ -49,8 +49,11 @@ def harmonic_mean(base, new):
     return 2 * base * new / (base + new) if base is not None and new is not None and base + new > 0 else None
 
 
+OTHER_DATASETS = {"toy_shapes": "ToyShapes"}   # the demo's world; never part of the 11-dataset average
+
+
 def dataset_label(name):
-    return BASE2NEW_DATASETS.get(name, name)
+    return BASE2NEW_DATASETS.get(name) or OTHER_DATASETS.get(name, name)
 
 
 def read_cell(run_dirs, seeds, phase, problems):

@@ -1,0 +1,1 @@
+"""A procedurally drawn vision-language world for the demo: coloured shapes with captions."""
