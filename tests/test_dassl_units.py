@@ -3,6 +3,7 @@
 The end-to-end engine tests are in test_dassl_engine.py and the bad-input catalogue in
 test_bad_inputs.py; this file checks the building blocks one at a time, in-process, in seconds.
 """
+import os
 import re
 import sys
 import warnings
@@ -525,6 +526,16 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
         handle.write("new")
     assert path.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        with atomic_write(str(tmp_path / "shared.txt"), mode="w") as handle:
+            handle.write("x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o640
 
 
 def test_checkpoint_round_trip_loads_with_weights_only(tmp_path, capsys):

@@ -4,6 +4,13 @@ import os
 import tempfile
 
 
+def umask():
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
     """Yield a file object; on success it replaces ``path`` in one step, on error ``path`` is untouched."""
@@ -11,6 +18,7 @@ def atomic_write(path, mode="wb"):
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
     try:
+        os.chmod(tmp_path, 0o666 & ~umask())   # mkstemp's 0600 would hide results from a shared group
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
