@@ -4,6 +4,9 @@
         --dataset-config-file configs/datasets/oxford_pets.yaml \
         --config-file configs/trainers/MuPL/vit_b16_c4_ep10_batch1_ctxv1.yaml \
         --output-dir output/... DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base
+
+Under ``torchrun --nproc_per_node=N train.py ...`` it trains with DistributedDataParallel (nccl on
+CUDA, gloo otherwise); only rank 0 prints, logs and writes.
 """
 import argparse
 import os
@@ -17,6 +20,13 @@ from dassl.config import get_cfg_default
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer
 from dassl.utils import CheckpointError, check_availability, collect_env_info, set_random_seed, setup_logger
+from dassl.utils.distributed import (
+    destroy_distributed,
+    get_rank,
+    init_distributed,
+    is_main_process,
+    main_process_first,
+)
 from datasets.base import DatasetError
 
 # Bad input a user can fix: reported as one message (set MUPL_TRACEBACK=1 for the traceback).
@@ -113,14 +123,18 @@ def main(args):
         print(f"train.py: error: {message}", file=sys.stderr)
         return 2
 
+    distributed = init_distributed(cfg.USE_CUDA)
+    if not is_main_process():
+        sys.stdout = open(os.devnull, "w")  # under torchrun only rank 0 prints and keeps log.txt
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
-    logger = setup_logger(cfg.OUTPUT_DIR)
+    logger = setup_logger(cfg.OUTPUT_DIR) if is_main_process() else None
     torch.backends.cudnn.benchmark = False
     print_args(args, cfg)
-    print("Collecting env info ...")
-    print(f"** System info **\n{collect_env_info()}\n")
+    if is_main_process():
+        print("Collecting env info ...")
+        print(f"** System info **\n{collect_env_info()}\n")
 
     try:
         run(cfg, args)
@@ -128,15 +142,19 @@ def main(args):
         if os.environ.get("MUPL_TRACEBACK"):
             raise
         message = f"train.py: error: {error}"
-        logger.file.write(message + "\n")
-        logger.file.flush()
-        print(message, file=sys.stderr)
+        if logger is not None:
+            logger.file.write(message + "\n")
+            logger.file.flush()
+        rank = f"[rank {get_rank()}] " if distributed else ""
+        print(rank + message, file=sys.stderr)
         return 1
+    destroy_distributed()
     return 0
 
 
 def run(cfg, args):
-    trainer = build_trainer(cfg)
+    with main_process_first():  # rank 0 alone downloads CLIP and writes dataset caches
+        trainer = build_trainer(cfg)
     if args.eval_only:
         try:
             trainer.load_model(args.model_dir, epoch=args.load_epoch)

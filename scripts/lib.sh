@@ -1,5 +1,6 @@
 # Shared by the run scripts (sourced, not run). Environment: DATA (dataset root, default ./data),
-# OUTPUT (output root, default ./output), SHOTS (default 16), PYTHON (default python), FORCE=1 (rerun).
+# OUTPUT (output root, default ./output), SHOTS (default 16), PYTHON (default python), FORCE=1 (rerun),
+# NGPU (processes, one per GPU, default 1; above 1 train.py runs under torchrun).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -8,6 +9,7 @@ OUTPUT=${OUTPUT:-./output}
 SHOTS=${SHOTS:-16}
 PYTHON=${PYTHON:-python}
 FORCE=${FORCE:-0}
+NGPU=${NGPU:-1}
 
 TRAIN_END="Finish training"
 EVAL_END="=> result"
@@ -99,6 +101,12 @@ require_finished_training() {
 }
 
 run_train_py() {
-    echo "+ $PYTHON train.py $*"
-    "$PYTHON" "$REPO/train.py" "$@"
+    [[ "$NGPU" =~ ^[1-9][0-9]*$ ]] || die "NGPU must be a positive number of GPUs, got '$NGPU'"
+    if (( NGPU > 1 )); then
+        echo "+ $PYTHON -m torch.distributed.run --standalone --nproc_per_node=$NGPU train.py $*"
+        "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NGPU" "$REPO/train.py" "$@"
+    else
+        echo "+ $PYTHON train.py $*"
+        "$PYTHON" "$REPO/train.py" "$@"
+    fi
 }

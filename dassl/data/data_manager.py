@@ -5,16 +5,20 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Compose, Normalize, Resize, ToTensor
 
 from dassl.utils import read_image
+from dassl.utils.distributed import is_distributed, shared_seed
 
 from .datasets import build_dataset
-from .samplers import build_sampler
+from .samplers import build_distributed_sampler, build_sampler
 from .transforms import INTERPOLATION_MODES, build_transform
 
 
 def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, batch_size=64,
                       n_domain=0, n_ins=2, tfm=None, is_train=True, dataset_wrapper=None):
-    sampler = build_sampler(sampler_type, cfg=cfg, data_source=data_source, batch_size=batch_size,
-                            n_domain=n_domain, n_ins=n_ins)
+    if is_distributed():
+        sampler = build_distributed_sampler(sampler_type, data_source, is_train, shared_seed(cfg.SEED))
+    else:
+        sampler = build_sampler(sampler_type, cfg=cfg, data_source=data_source, batch_size=batch_size,
+                                n_domain=n_domain, n_ins=n_ins)
     if dataset_wrapper is None:
         dataset_wrapper = DatasetWrapper
     loader = DataLoader(
@@ -22,10 +26,11 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
         batch_size=batch_size,
         sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
-        drop_last=is_train and len(data_source) >= batch_size,
+        drop_last=is_train and len(sampler) >= batch_size,
         pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
     )
-    if len(loader) == 0:
+    # Under torchrun one process's evaluation shard is empty when there are fewer images than processes.
+    if (len(loader) if is_train else len(data_source)) == 0:
         raise ValueError(f"The data loader is empty: {len(data_source)} items, batch size {batch_size}")
     return loader
 

@@ -2,7 +2,9 @@
 
 Beyond Dassl: every epoch end leaves a resumable checkpoint, SIGTERM/SIGINT stop after the current
 iteration with a checkpoint, and a checkpoint carries every random state, so a rerun of the same command
-continues bit-identically on the CPU.
+continues bit-identically on the CPU. Under torchrun (see dassl/utils/distributed.py) training runs
+through DistributedDataParallel on a shard of the data per process, evaluation is sharded and gathered,
+and only rank 0 writes checkpoints and tensorboard.
 """
 import datetime
 import glob
@@ -31,6 +33,17 @@ from dassl.utils import (
     save_checkpoint,
     tolist_if_not,
 )
+from dassl.utils.distributed import (
+    barrier,
+    broadcast_object,
+    get_world_size,
+    is_distributed,
+    is_main_process,
+    local_rank,
+    max_over_ranks,
+)
+
+from .distributed import DistributedModel, check_trainable_inside, gather_in_dataset_order
 
 RESUME_FILE = "model-resume.pth.tar"
 EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
@@ -134,13 +147,15 @@ class TrainerBase:
                    iteration=0, epoch_rng_state=None):
         """Dassl's layout: ``directory/<name>/<model_name>``; ``epoch`` is 0-based as in Dassl."""
         completed = epoch + 1 if iteration == 0 else epoch
-        for name in self.get_model_names():
-            save_checkpoint(
-                self._checkpoint_state(name, completed, val_result, iteration, epoch_rng_state),
-                osp.join(directory, name),
-                is_best=is_best,
-                model_name=model_name,
-            )
+        if is_main_process():
+            for name in self.get_model_names():
+                save_checkpoint(
+                    self._checkpoint_state(name, completed, val_result, iteration, epoch_rng_state),
+                    osp.join(directory, name),
+                    is_best=is_best,
+                    model_name=model_name,
+                )
+        barrier()  # no process reads a checkpoint before rank 0 has written it
 
     def _checkpoint_candidates(self, fdir):
         """The pointer's file first, then the resume file, then epoch files newest first."""
@@ -213,7 +228,7 @@ class TrainerBase:
         return start_epoch
 
     def _prune_epoch_checkpoints(self, directory, keep_last):
-        if keep_last <= 0:
+        if keep_last <= 0 or not is_main_process():
             return
         for name in self.get_model_names():
             files = []
@@ -347,7 +362,7 @@ class SimpleTrainer(TrainerBase):
         super().__init__()
         self.check_cfg(cfg)
         if torch.cuda.is_available() and cfg.USE_CUDA:
-            self.device = torch.device("cuda")
+            self.device = torch.device("cuda", local_rank()) if is_distributed() else torch.device("cuda")
         else:
             self.device = torch.device("cpu")
         self.start_epoch = self.epoch = 0
@@ -399,13 +414,32 @@ class SimpleTrainer(TrainerBase):
     def _request_stop(self, signum, frame):
         self._stop_signal = signum
 
+    def _stop_requested(self):
+        """Under torchrun every process stops at the same iteration, when any of them got a signal."""
+        if is_distributed():
+            self._stop_signal = max_over_ranks(self._stop_signal or 0) or None
+        return self._stop_signal is not None
+
     def before_train(self):
         directory = self.cfg.RESUME or self.cfg.OUTPUT_DIR
         self.start_epoch = self.resume_model_if_exist(directory)
-        writer_dir = osp.join(self.output_dir, "tensorboard")
-        mkdir_if_missing(writer_dir)
-        self.init_writer(writer_dir)
+        if is_distributed():
+            self._distribute_model()
+        if is_main_process():
+            writer_dir = osp.join(self.output_dir, "tensorboard")
+            mkdir_if_missing(writer_dir)
+            self.init_writer(writer_dir)
         self.time_start = time.time()
+
+    def _distribute_model(self):
+        """Route the training calls of ``self.model`` through DDP (after resuming: DDP starts every
+        process from rank 0's weights). A model without trainable parameters needs no DDP."""
+        registered = {name: self._models[name] for name in self.get_model_names()}
+        if not any(p.requires_grad for module in registered.values() for p in module.parameters()):
+            return
+        model = getattr(self, "model", None)
+        check_trainable_inside(model, registered)
+        self.model = DistributedModel(model, self.device)
 
     def after_epoch(self):
         last_epoch = (self.epoch + 1) == self.max_epoch
@@ -428,6 +462,8 @@ class SimpleTrainer(TrainerBase):
             self.save_model(self.epoch, self.output_dir, model_name=RESUME_FILE)
 
     def _remove_resume_files(self):
+        if not is_main_process():
+            return
         for name in self.get_model_names():
             path = osp.join(self.output_dir, name, RESUME_FILE)
             if osp.exists(path):
@@ -471,14 +507,33 @@ class SimpleTrainer(TrainerBase):
             split = "test"
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
-        for batch in tqdm(data_loader):
+        shard = []
+        for batch in tqdm(data_loader, disable=not is_main_process()):
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
-            self.evaluator.process(output, label)
-        results = self.evaluator.evaluate()
+            if is_distributed():
+                shard.append((output.cpu(), label.cpu()))
+            else:
+                self.evaluator.process(output, label)
+        if is_distributed():
+            results = self._evaluate_shards(shard, data_loader.batch_size)
+        else:
+            results = self.evaluator.evaluate()
         for key, value in results.items():
             self.write_scalar(f"{split}/{key}", value, self.epoch)
         return list(results.values())[0]
+
+    def _evaluate_shards(self, shard, batch_size):
+        """Rank 0 feeds the evaluator every process's outputs, in dataset order and in batches as one
+        process would, so the ``=> result`` block counts each image once; all ranks get the results."""
+        gathered = gather_in_dataset_order(shard, get_world_size())
+        results = None
+        if gathered is not None:
+            outputs, labels = gathered
+            for start in range(0, len(labels), batch_size):
+                self.evaluator.process(outputs[start : start + batch_size], labels[start : start + batch_size])
+            results = self.evaluator.evaluate()
+        return broadcast_object(results)
 
     def model_inference(self, input):
         return self.model(input)
@@ -514,6 +569,8 @@ class TrainerX(SimpleTrainer):
         batch_time = AverageMeter()
         data_time = AverageMeter()
         self.num_batches = len(self.train_loader_x)
+        if hasattr(self.train_loader_x.sampler, "set_epoch"):  # torchrun: this epoch's shuffle of the shards
+            self.train_loader_x.sampler.set_epoch(self.epoch)
         loader_iter, first_batch, epoch_rng_state = self._start_epoch_iterator()
 
         end = time.time()
@@ -545,7 +602,7 @@ class TrainerX(SimpleTrainer):
             for name, meter in losses.meters.items():
                 self.write_scalar("train/" + name, meter.avg, n_iter)
             self.write_scalar("train/lr", self.get_current_lr(), n_iter)
-            if self._stop_signal is not None:
+            if self._stop_requested():
                 self.save_interrupted(epoch_rng_state)
             end = time.time()
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write
+from .distributed import collective_device, is_distributed
 
 __all__ = [
     "save_checkpoint",
@@ -100,6 +101,8 @@ def load_checkpoint(fpath):
     if fpath is None or not osp.isfile(fpath):
         raise FileNotFoundError(f'No checkpoint file at "{fpath}"')
     map_location = None if torch.cuda.is_available() else "cpu"
+    if is_distributed() and collective_device().type == "cuda":  # each process's GPU, not all cuda:0
+        map_location = collective_device()
     try:
         return torch.load(fpath, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
