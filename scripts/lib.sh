@@ -32,6 +32,32 @@ is_option_key() {
     [[ "$1" == *.* ]]
 }
 
+# Reads "[--force] NAMES... [TRAINER] [CFG] [KEY VALUE ...]": $1 names the leading arguments (e.g.
+# "DATASET SEED"), which are set as variables of those names, then FORCE, TRAINER, CFG and OPTS (the rest).
+parse_args() {
+    local names
+    read -r -a names <<< "$1"
+    shift
+    if [[ "${1:-}" == "--force" ]]; then FORCE=1; shift; fi
+    (( $# >= ${#names[@]} )) || die "usage: $0 [--force] ${names[*]} [TRAINER] [CFG] [KEY VALUE ...]"
+    local name
+    for name in "${names[@]}"; do
+        printf -v "$name" '%s' "$1"
+        shift
+    done
+    TRAINER=MuPL
+    if (( $# )) && ! is_option_key "$1"; then TRAINER=$1; shift; fi
+    CFG=$(default_cfg "$TRAINER")
+    if (( $# )) && ! is_option_key "$1"; then CFG=$1; shift; fi
+    OPTS=("$@")
+}
+
+# The train.py arguments every run shares, for output folder $1 (needs DS_CFG and CFG_FILE).
+set_run_args() {
+    ARGS=(--root "$DATA" --seed "$SEED" --trainer "$TRAINER" --dataset-config-file "$DS_CFG"
+          --config-file "$CFG_FILE" --output-dir "$1")
+}
+
 # Sets CFG_FILE and DS_CFG for TRAINER $1, CFG $2, DATASET $3, or stops with the missing file's name.
 find_configs() {
     CFG_FILE="$REPO/configs/trainers/$1/$2.yaml"

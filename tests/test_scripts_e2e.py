@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clip.tiny import save_tiny_clip
-from tests.fake_trees import make_fake_oxford_pets
+from tests.fake_trees import make_fake_imagenet_folders, make_fake_oxford_pets, write_classnames
 
 REPO = Path(__file__).resolve().parents[1]
 SHOTS = 2
@@ -118,3 +118,30 @@ def test_force_moves_the_finished_run_aside(workspace):
     script(workspace, "base2new_test.sh", "--force", "oxford_pets", "1", "MuPL")
     assert_finished(test, "test")
     assert list(test.parent.glob("seed1.old-*"))
+
+
+def test_cross_dataset_and_fewshot_scripts(workspace):
+    """xd_train on ImageNet, then xd_test on another dataset; fewshot on all classes; CoOp's folders."""
+    root = workspace[0]
+    wnids = {"n01440764": "tench", "n01443537": "goldfish", "n01484850": "great white shark"}
+    imagenet = root / "data" / "imagenet"
+    write_classnames(imagenet, wnids)
+    make_fake_imagenet_folders(imagenet, "images/train", list(wnids), 3, size=32)
+    make_fake_imagenet_folders(imagenet, "images/val", list(wnids), 2, size=32)
+    cfg = "vit_b16_c4_ep10_batch1_ctxv1"
+
+    script(workspace, "xd_train.sh", "1", "CoCoOp")
+    source = root / "output" / "imagenet" / "CoCoOp" / f"{cfg}_{SHOTS}shots" / "seed1"
+    assert_finished(source, "train")
+    script(workspace, "xd_test.sh", "oxford_pets", "1", "CoCoOp")
+    target = root / "output" / "evaluation" / "CoCoOp" / f"{cfg}_{SHOTS}shots" / "oxford_pets" / "seed1"
+    assert_finished(target, "test")
+    assert "* total: 12" in (target / "log.txt").read_text()      # all 4 classes x 3 test images
+
+    wrong = script(workspace, "dg_test.sh", "oxford_pets", "1", "CoCoOp", check=False)
+    assert wrong.returncode != 0 and "ImageNet variant" in wrong.stderr
+
+    script(workspace, "fewshot.sh", "oxford_pets", "1", "1", "CoOp", "vit_b16_ctxv1")
+    fewshot = root / "output" / "fewshot" / "oxford_pets" / "shots_1" / "CoOp" / "vit_b16_ctxv1" / "seed1"
+    assert_finished(fewshot, "train")
+    assert "# train_x  4" in (fewshot / "log.txt").read_text()     # 1 shot x 4 classes
