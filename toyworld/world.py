@@ -15,6 +15,8 @@ COLOURS = {
 PATTERNS = ["plain", "striped", "dotted"]
 SIZES = ["small", "large"]
 IMAGE_SIZE = 32
+FILL_JITTER = 20    # colour noise of downstream objects (std, 0-255 scale)
+SCALE_JITTER = (0.8, 1.15)    # size change of downstream objects
 
 
 def shape_polygon(shape, cx, cy, r):
@@ -36,18 +38,19 @@ def background(rng, style):
     if style == "pretrain":
         grey = int(rng.integers(150, 250))
         return np.full((IMAGE_SIZE, IMAGE_SIZE, 3), grey, dtype=np.float32)
-    # downstream: a two-colour gradient plus noise, never seen in pretraining
-    start, end = rng.integers(60, 230, size=(2, 3))
+    # downstream: a light two-colour gradient plus noise, never seen in pretraining (darker or noisier
+    # backgrounds make the tiny CLIP's features useless: a linear probe then does no better than zero-shot)
+    start, end = rng.integers(150, 250, size=(2, 3))
     ramp = np.linspace(0, 1, IMAGE_SIZE, dtype=np.float32)[:, None, None]
     image = start * (1 - ramp) + end * ramp
-    return np.repeat(image, IMAGE_SIZE, axis=1) + rng.normal(0, 18, (IMAGE_SIZE, IMAGE_SIZE, 3))
+    return np.repeat(image, IMAGE_SIZE, axis=1) + rng.normal(0, 8, (IMAGE_SIZE, IMAGE_SIZE, 3))
 
 
 def draw(shape, colour, pattern, size, seed, style="pretrain"):
     """One object as a PIL image; the same arguments always give the same pixels."""
     rng = np.random.default_rng(seed)
     canvas = Image.fromarray(np.clip(background(rng, style), 0, 255).astype(np.uint8))
-    radius = {"small": 6.0, "large": 11.0}[size] * (rng.uniform(0.8, 1.15) if style == "downstream" else 1.0)
+    radius = {"small": 6.0, "large": 11.0}[size] * (rng.uniform(*SCALE_JITTER) if style == "downstream" else 1.0)
     margin = radius + 1
     cx, cy = rng.uniform(margin, IMAGE_SIZE - margin, size=2)
     mask = Image.new("L", canvas.size, 0)
@@ -58,7 +61,7 @@ def draw(shape, colour, pattern, size, seed, style="pretrain"):
         pen.polygon(shape_polygon(shape, cx, cy, radius), fill=255)
     fill = np.array(COLOURS[colour], dtype=np.float32)
     if style == "downstream":
-        fill = np.clip(fill + rng.normal(0, 20, 3), 0, 255)
+        fill = np.clip(fill + rng.normal(0, FILL_JITTER, 3), 0, 255)
     layer = np.broadcast_to(fill, (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()
     yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
     if pattern == "striped":

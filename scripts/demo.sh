@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole base-to-new pipeline on the embedded ToyShapes world, on a CPU, through the real scripts:
+# draw the dataset, load the shipped tiny CLIP (pretrained on the toy world by tools/pretrain_tiny_clip.py),
+# then zero-shot CLIP, CoOp, CoCoOp and MuPL train on the base classes and are tested on the new ones,
+# and the results report (tables + figure) is printed and saved. Only the backbone, the dataset, the image
+# size and the epochs differ from a real benchmark run. See docs/demo.md.
+# Environment: PYTHON, DEMO_DIR (default output/demo), DEMO_WEIGHTS, DEMO_QUICK=1 (CI: fewer images, 1 epoch).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+DEMO_DIR=${DEMO_DIR:-output/demo}
+WEIGHTS=${DEMO_WEIGHTS:-toyworld/toyclip-seed0.pt}
+if [[ "${DEMO_QUICK:-0}" == 1 ]]; then
+    PER_CLASS=(6 2 4); SHOTS=4; EPOCHS=1; COOP_EPOCHS=2
+else
+    PER_CLASS=(24 8 16); SHOTS=16; EPOCHS=5; COOP_EPOCHS=25
+fi
+export DATA="$DEMO_DIR/data" OUTPUT="$DEMO_DIR/output" SHOTS PYTHON
+
+echo "== 1/4 ToyShapes dataset (${PER_CLASS[*]} train/val/test images per class)"
+"$PYTHON" -m toyworld.make_dataset --root "$DATA" --per-class "${PER_CLASS[@]}"
+echo "== 2/4 tiny CLIP pretrained on the toy world: $WEIGHTS"
+"$PYTHON" -m tools.pretrain_tiny_clip --out "$WEIGHTS"
+
+COMMON=(MODEL.BACKBONE.NAME "$WEIGHTS" INPUT.SIZE "(32, 32)" DATALOADER.NUM_WORKERS 0
+        DATALOADER.TEST.BATCH_SIZE 100 TRAIN.PRINT_FREQ 40)
+echo "== 3/4 base-to-new, seed 1: ZeroshotCLIP, CoOp, CoCoOp, MuPL"
+for TRAINER in ZeroshotCLIP CoOp CoCoOp MuPL; do
+    case $TRAINER in
+        CoOp) OPTS=(OPTIM.MAX_EPOCH "$COOP_EPOCHS" DATALOADER.TRAIN_X.BATCH_SIZE 8) ;;
+        ZeroshotCLIP) OPTS=() ;;
+        *) OPTS=(OPTIM.MAX_EPOCH "$EPOCHS") ;;
+    esac
+    echo "-- $TRAINER"
+    bash scripts/base2new_train.sh toy_shapes 1 "$TRAINER" "${COMMON[@]}" "${OPTS[@]}"
+    bash scripts/base2new_test.sh toy_shapes 1 "$TRAINER" "${COMMON[@]}" "${OPTS[@]}"
+done
+
+echo "== 4/4 results"
+"$PYTHON" -m tools.report "$OUTPUT" --seeds 1 --out "$DEMO_DIR/report"
