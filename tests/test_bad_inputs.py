@@ -12,20 +12,10 @@ import train
 from clip import clip as clip_module
 from clip.tiny import save_tiny_clip
 from dassl.utils import CheckpointError, load_checkpoint, save_checkpoint
-from dassl.utils.logger import Logger
 from tests.fake_trees import make_fake_oxford_pets
+from tests.helpers import run_main
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_main(capsys, *argv):
-    try:
-        code = train.main(train.build_parser().parse_args([str(a) for a in argv]))
-    finally:
-        if isinstance(sys.stdout, Logger):
-            sys.stdout.close()
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def snapshot(folder):

@@ -6,55 +6,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from tests.helpers import LINEAR_PROBE_CONFIG, make_tiny_folders
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-
-CONFIG = """
-INPUT:
-  SIZE: (8, 8)
-  INTERPOLATION: "bicubic"
-  TRANSFORMS: ["random_resized_crop", "random_flip", "normalize"]
-DATALOADER:
-  NUM_WORKERS: 0
-  TRAIN_X:
-    BATCH_SIZE: 4
-  TEST:
-    BATCH_SIZE: 8
-OPTIM:
-  NAME: "sgd"
-  LR: 0.01
-  MAX_EPOCH: 3
-  LR_SCHEDULER: "cosine"
-  WARMUP_EPOCH: 1
-  WARMUP_TYPE: "constant"
-  WARMUP_CONS_LR: 0.001
-TRAIN:
-  PRINT_FREQ: 2
-DATASET:
-  NAME: "TinyFolders"
-"""
-
-
-def make_tiny_folders(root, n_classes=3, n_train=6, n_test=4):
-    rng = np.random.default_rng(0)
-    for split, count in (("train", n_train), ("test", n_test)):
-        for label in range(n_classes):
-            folder = root / "tiny_folders" / split / f"class_{label}"
-            folder.mkdir(parents=True)
-            for index in range(count):
-                pixels = rng.integers(0, 60, (8, 8, 3)) + 60 * label
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{index}.png")
 
 
 @pytest.fixture
 def workspace(tmp_path):
     make_tiny_folders(tmp_path / "data")
-    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    (tmp_path / "cfg.yaml").write_text(LINEAR_PROBE_CONFIG)
     return tmp_path
 
 
@@ -63,7 +27,7 @@ def finished_run(tmp_path_factory):
     """One uninterrupted 3-epoch run, shared by the tests that only read it."""
     workspace = tmp_path_factory.mktemp("finished")
     make_tiny_folders(workspace / "data")
-    (workspace / "cfg.yaml").write_text(CONFIG)
+    (workspace / "cfg.yaml").write_text(LINEAR_PROBE_CONFIG)
     result = run_train(workspace, workspace / "out")
     return workspace, workspace / "out", result
 

@@ -35,6 +35,7 @@ from dassl.utils import (
     setup_logger,
 )
 from dassl.utils.logger import Logger
+from tests.helpers import LINEAR_PROBE_CONFIG, make_tiny_folders, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -184,16 +185,6 @@ def test_unknown_key_is_refused_with_its_name(tmp_path):
 def test_wrong_type_is_refused_with_the_key_named(key, value):
     with pytest.raises(ValueError, match=re.escape(key)):
         get_cfg_default().merge_from_list([key, value])
-
-
-def run_main(capsys, *argv):
-    try:
-        code = train.main(train.build_parser().parse_args([str(a) for a in argv]))
-    finally:
-        if isinstance(sys.stdout, Logger):
-            sys.stdout.close()
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -623,44 +614,6 @@ def test_read_image(tmp_path):
 
 # --- 7. No warnings from the project's own modules in a normal run --------------------------------
 
-TINY_RUN_CONFIG = """
-INPUT:
-  SIZE: (8, 8)
-  INTERPOLATION: "bicubic"
-  TRANSFORMS: ["random_resized_crop", "random_flip", "normalize"]
-DATALOADER:
-  NUM_WORKERS: 0
-  TRAIN_X:
-    BATCH_SIZE: 4
-  TEST:
-    BATCH_SIZE: 8
-OPTIM:
-  NAME: "sgd"
-  LR: 0.01
-  MAX_EPOCH: 2
-  LR_SCHEDULER: "cosine"
-  WARMUP_EPOCH: 1
-  WARMUP_TYPE: "constant"
-  WARMUP_CONS_LR: 0.001
-TRAIN:
-  PRINT_FREQ: 2
-TEST:
-  PER_CLASS_RESULT: True
-  COMPUTE_CMAT: True
-DATASET:
-  NAME: "TinyFolders"
-"""
-
-
-def make_tiny_folders(root, n_classes=3, n_train=6, n_test=4):
-    rng = np.random.default_rng(0)
-    for split, count in (("train", n_train), ("test", n_test)):
-        for label in range(n_classes):
-            folder = root / "tiny_folders" / split / f"class_{label}"
-            folder.mkdir(parents=True)
-            for index in range(count):
-                pixels = rng.integers(0, 60, (8, 8, 3)) + 60 * label
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{index}.png")
 
 
 def project_file(filename):
@@ -672,18 +625,19 @@ def test_a_normal_run_emits_no_warning_from_project_code(tmp_path, capsys, monke
     monkeypatch.syspath_prepend(str(TESTS))
     monkeypatch.setenv("MUPL_EXTRA_PLUGINS", "fixture_plugins.linear_probe")
     make_tiny_folders(tmp_path / "data")
-    (tmp_path / "cfg.yaml").write_text(TINY_RUN_CONFIG)
+    (tmp_path / "cfg.yaml").write_text(LINEAR_PROBE_CONFIG)
     out = tmp_path / "out"
     argv = ["--root", tmp_path / "data", "--seed", "1", "--trainer", "LinearProbe",
-            "--config-file", tmp_path / "cfg.yaml", "--output-dir", out]
+            "--config-file", tmp_path / "cfg.yaml", "--output-dir", out, "OPTIM.MAX_EPOCH", "2",
+            "TEST.PER_CLASS_RESULT", "True", "TEST.COMPUTE_CMAT", "True"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         code, stdout, err = run_main(capsys, *argv)  # train, save, test
         assert code == 0, err
         code, _, err = run_main(capsys, *argv)  # rerun: resume from the finished run, test only
         assert code == 0, err
-        code, _, err = run_main(capsys, *argv[:-2], "--output-dir", tmp_path / "eval", "--eval-only",
-                                "--model-dir", out, "--load-epoch", "2")
+        code, _, err = run_main(capsys, *argv[:8], "--output-dir", tmp_path / "eval", "--eval-only",
+                                "--model-dir", out, "--load-epoch", "2", *argv[10:])
         assert code == 0, err
     assert "Finish training" in stdout and "=> per-class result" in stdout and (out / "cmat.pt").is_file()
     ours = [f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}"

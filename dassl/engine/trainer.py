@@ -17,7 +17,6 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from dassl.data import DataManager
@@ -456,8 +455,7 @@ class SimpleTrainer(TrainerBase):
         if meet_checkpoint_freq or last_epoch:
             self.save_model(self.epoch, self.output_dir)
             self._prune_epoch_checkpoints(self.output_dir, self.cfg.TRAIN.KEEP_LAST)
-            if last_epoch:
-                self._remove_resume_files()
+            self._remove_resume_files()  # superseded: a fallback must never prefer it to this epoch
         else:
             self.save_model(self.epoch, self.output_dir, model_name=RESUME_FILE)
 

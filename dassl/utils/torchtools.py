@@ -12,7 +12,6 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from torch import nn
 
 from .atomic import atomic_write
 from .distributed import collective_device, is_distributed

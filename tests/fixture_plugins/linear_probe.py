@@ -7,7 +7,6 @@ import os
 import os.path as osp
 import signal
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

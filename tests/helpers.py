@@ -1,0 +1,56 @@
+"""Pieces several test files share: the linear-probe run's config and data, and train.main in-process."""
+import sys
+
+import numpy as np
+from PIL import Image
+
+import train
+from dassl.utils.logger import Logger
+
+LINEAR_PROBE_CONFIG = """
+INPUT:
+  SIZE: (8, 8)
+  INTERPOLATION: "bicubic"
+  TRANSFORMS: ["random_resized_crop", "random_flip", "normalize"]
+DATALOADER:
+  NUM_WORKERS: 0
+  TRAIN_X:
+    BATCH_SIZE: 4
+  TEST:
+    BATCH_SIZE: 8
+OPTIM:
+  NAME: "sgd"
+  LR: 0.01
+  MAX_EPOCH: 3
+  LR_SCHEDULER: "cosine"
+  WARMUP_EPOCH: 1
+  WARMUP_TYPE: "constant"
+  WARMUP_CONS_LR: 0.001
+TRAIN:
+  PRINT_FREQ: 2
+DATASET:
+  NAME: "TinyFolders"
+"""
+
+
+def make_tiny_folders(root, n_classes=3, n_train=6, n_test=4):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n_train), ("test", n_test)):
+        for label in range(n_classes):
+            folder = root / "tiny_folders" / split / f"class_{label}"
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 60, (8, 8, 3)) + 60 * label
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{index}.png")
+
+
+
+def run_main(capsys, *argv):
+    """train.main as `python train.py ARGV` would run it: (exit code, stdout, stderr); the log file closed."""
+    try:
+        code = train.main(train.build_parser().parse_args([str(a) for a in argv]))
+    finally:
+        if isinstance(sys.stdout, Logger):
+            sys.stdout.close()
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
