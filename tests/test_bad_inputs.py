@@ -143,7 +143,7 @@ def test_eval_only_without_model_dir(world, untouched, tmp_path, capsys):
 def test_load_epoch_that_does_not_exist(world, finished, untouched, tmp_path, capsys):
     argv = args_for(world, tmp_path / "o", "MuPL", "--eval-only", "--model-dir", finished[0], "--load-epoch", 7)
     code, _, err = run_main(capsys, *argv)
-    assert code == 1 and "model.pth.tar-7" in err and "--model-dir and --load-epoch" in err
+    assert code == 1 and "model.pth.tar-7" in err and "saved epochs there: [1] (see --load-epoch)" in err
 
 
 def test_base_model_tested_on_all_classes_notes_the_class_change(world, finished, untouched, tmp_path, capsys):

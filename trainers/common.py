@@ -16,10 +16,9 @@ from clip.prompting import ClassPrompts, TextEncoder
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import load_checkpoint, load_pretrained_weights
+from dassl.utils import load_pretrained_weights
 
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
-CLASS_SET_BUFFERS = ("token_prefix", "token_suffix", "eot", "name_lens")
 PROMPT_LEARNER = "prompt_learner"
 
 
@@ -166,33 +165,6 @@ class PromptTrainer(TrainerX):
     def model_inference(self, image):
         with autocast_context(self.prec, self.device):
             return self.model(image).float()
-
-    def load_model(self, directory, epoch=None):
-        """Dassl's loader, minus the class-set buffers, so base-trained prompts run on new classes."""
-        if not directory:
-            print("Note that load_model() is skipped as no pretrained model is given")
-            return
-        file_name = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-        for name in self.get_model_names():
-            path = osp.join(directory, name, file_name)
-            if not osp.exists(path):
-                raise FileNotFoundError(f'Model not found at "{path}" (check --model-dir and --load-epoch)')
-            checkpoint = load_checkpoint(path)
-            if hasattr(self, "check_checkpoint_meta"):  # this project's dassl; Dassl.pytorch has none
-                self.check_checkpoint_meta(checkpoint.get("meta"), path)
-            state_dict = {
-                key: value
-                for key, value in checkpoint["state_dict"].items()
-                if key.split(".")[-1] not in CLASS_SET_BUFFERS
-            }
-            print(f'Loading weights to {name} from "{path}" (epoch = {checkpoint["epoch"]})')
-            result = self._models[name].load_state_dict(state_dict, strict=False)
-            missing = [k for k in result.missing_keys if k.split(".")[-1] not in CLASS_SET_BUFFERS]
-            if missing or result.unexpected_keys:
-                raise RuntimeError(
-                    f"Checkpoint {path} does not fit {name}: missing {missing}, "
-                    f"unexpected {result.unexpected_keys}"
-                )
 
 
 def normalize(features):
