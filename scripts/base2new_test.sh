@@ -10,10 +10,6 @@ COMMON="$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED"
 MODEL_DIR="$OUTPUT/base2new/train_base/$COMMON"
 DIR="$OUTPUT/base2new/test_new/$COMMON"
 set_run_args "$DIR"
-ARGS+=(--eval-only)
-if [[ "$TRAINER" != ZeroshotCLIP ]]; then
-    require_finished_training "$MODEL_DIR" "bash scripts/base2new_train.sh $DATASET $SEED $TRAINER $CFG ${OPTS[*]}"
-    ARGS+=(--model-dir "$MODEL_DIR" --load-epoch "$(max_epoch "$CFG_FILE" "${OPTS[@]}")")
-fi
+add_eval_args "$MODEL_DIR" "bash scripts/base2new_train.sh $DATASET $SEED $TRAINER $CFG ${OPTS[*]}"
 prepare_run "$DIR" "$EVAL_END" || exit 0
 run_train_py "${ARGS[@]}" DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES new "${OPTS[@]}"

@@ -8,10 +8,6 @@ find_configs "$TRAINER" "$CFG" "$DATASET"
 
 DIR="$OUTPUT/fewshot/$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED"
 set_run_args "$DIR"
-MARKER=$TRAIN_END
-if [[ "$TRAINER" == ZeroshotCLIP ]]; then
-    ARGS+=(--eval-only)
-    MARKER=$EVAL_END
-fi
+add_train_args
 prepare_run "$DIR" "$MARKER" || exit 0
 run_train_py "${ARGS[@]}" DATASET.NUM_SHOTS "$SHOTS" "${OPTS[@]}"

@@ -58,6 +58,26 @@ set_run_args() {
           --config-file "$CFG_FILE" --output-dir "$1")
 }
 
+# A training run; ZeroshotCLIP has nothing to train, so its run is an evaluation. Sets MARKER, the
+# line that ends a finished run's log.
+add_train_args() {
+    MARKER=$TRAIN_END
+    if [[ "$TRAINER" == ZeroshotCLIP ]]; then
+        ARGS+=(--eval-only)
+        MARKER=$EVAL_END
+    fi
+}
+
+# An evaluation run of the model trained in folder $1 (none for ZeroshotCLIP) at its last epoch; stops
+# with the training command $2 when that run has not finished.
+add_eval_args() {
+    ARGS+=(--eval-only)
+    if [[ "$TRAINER" != ZeroshotCLIP ]]; then
+        require_finished_training "$1" "$2"
+        ARGS+=(--model-dir "$1" --load-epoch "$(max_epoch "$CFG_FILE" "${OPTS[@]}")")
+    fi
+}
+
 # Sets CFG_FILE and DS_CFG for TRAINER $1, CFG $2, DATASET $3, or stops with the missing file's name.
 find_configs() {
     CFG_FILE="$REPO/configs/trainers/$1/$2.yaml"

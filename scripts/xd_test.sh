@@ -8,10 +8,6 @@ find_configs "$TRAINER" "$CFG" "$DATASET"
 MODEL_DIR="$OUTPUT/imagenet/$TRAINER/${CFG}_${SHOTS}shots/seed$SEED"
 DIR="$OUTPUT/evaluation/$TRAINER/${CFG}_${SHOTS}shots/$DATASET/seed$SEED"
 set_run_args "$DIR"
-ARGS+=(--eval-only)
-if [[ "$TRAINER" != ZeroshotCLIP ]]; then
-    require_finished_training "$MODEL_DIR" "bash scripts/xd_train.sh $SEED $TRAINER $CFG ${OPTS[*]}"
-    ARGS+=(--model-dir "$MODEL_DIR" --load-epoch "$(max_epoch "$CFG_FILE" "${OPTS[@]}")")
-fi
+add_eval_args "$MODEL_DIR" "bash scripts/xd_train.sh $SEED $TRAINER $CFG ${OPTS[*]}"
 prepare_run "$DIR" "$EVAL_END" || exit 0
 run_train_py "${ARGS[@]}" "${OPTS[@]}"
