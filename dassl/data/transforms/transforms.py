@@ -65,12 +65,7 @@ def _build_transform_train(cfg, choices, target_size, normalize):
     if "random_flip" in choices:
         print("+ random flip")
         tfm.append(RandomHorizontalFlip())
-    print("+ to torch tensor of range [0, 1]")
-    tfm.append(ToTensor())
-    if "normalize" in choices:
-        print(f"+ normalization (mean={cfg.INPUT.PIXEL_MEAN}, std={cfg.INPUT.PIXEL_STD})")
-        tfm.append(normalize)
-    return Compose(tfm)
+    return _to_normalized_tensor(tfm, cfg, choices, normalize)
 
 
 def _build_transform_test(cfg, choices, target_size, normalize):
@@ -79,6 +74,11 @@ def _build_transform_test(cfg, choices, target_size, normalize):
     print(f"+ resize the smaller edge to {max(cfg.INPUT.SIZE)}")
     print(f"+ {target_size} center crop")
     tfm = [Resize(max(cfg.INPUT.SIZE), interpolation=interp_mode), CenterCrop(cfg.INPUT.SIZE)]
+    return _to_normalized_tensor(tfm, cfg, choices, normalize)
+
+
+def _to_normalized_tensor(tfm, cfg, choices, normalize):
+    """The tail both pipelines share: tensor in [0, 1], then normalisation when asked for."""
     print("+ to torch tensor of range [0, 1]")
     tfm.append(ToTensor())
     if "normalize" in choices:
