@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import LINEAR_PROBE_CONFIG, make_tiny_folders
+from tests.helpers import LINEAR_PROBE_CONFIG, make_tiny_folders, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -138,9 +138,13 @@ def test_eval_only_loads_the_given_epoch(finished_run):
         (["OPTIM.MAX_EPOCH", "two"], "OPTIM.MAX_EPOCH"),
     ],
 )
-def test_bad_requests_fail_before_writing_anything(workspace, extra, message):
+def test_bad_requests_fail_before_writing_anything(workspace, extra, message, capsys, monkeypatch):
+    """In-process (train.main), as the exit code and message come from there; no subprocess needed."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    monkeypatch.setenv("MUPL_EXTRA_PLUGINS", "fixture_plugins.linear_probe")
     out = workspace / "out"
-    result = run_train(workspace, out, *extra, check=False)
-    assert result.returncode == 2
-    assert message in result.stderr
+    code, _, err = run_main(capsys, "--root", workspace / "data", "--seed", "1", "--trainer", "LinearProbe",
+                            "--config-file", workspace / "cfg.yaml", "--output-dir", out, *extra)
+    assert code == 2
+    assert message in err
     assert not out.exists()
