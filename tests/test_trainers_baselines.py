@@ -1,6 +1,7 @@
 """Zero-shot CLIP, CoOp and CoCoOp on a tiny random CLIP, and the shared precision handling."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import clip
 from clip.tiny import tiny_state_dict
@@ -47,21 +48,29 @@ def reference_text_features(clip_model, prompts, eot):
 
 
 def test_cocoop_batched_truncated_text_matches_the_per_image_loop(clip_model, images):
+    """Same logits, and same prompt-learner gradients for the same loss, as CoCoOp's 77-token loop."""
     torch.manual_seed(0)
     model = cocoop.CoCoOpCLIP(
         trainer_node(cocoop, "COCOOP", N_CTX=4, CTX_INIT="a photo of a"), CLASSNAMES, clip_model
     )
-    with torch.no_grad():
-        logits = model(images)
-        image_features = model.encode_image(images)
-        ctx = model.prompt_learner(image_features)
-        expected = []
-        for features, image_ctx in zip(image_features, ctx):
-            prompts = model.class_prompts.assemble(image_ctx)
-            assert prompts.shape[1] == 77
-            text = normalize(reference_text_features(clip_model, prompts, model.class_prompts.eot))
-            expected.append(model.logit_scale.exp() * features @ text.t())
-    assert torch.allclose(logits, torch.stack(expected), atol=1e-4)
+    params = list(model.prompt_learner.parameters())
+    labels = torch.arange(BATCH) % len(CLASSNAMES)
+    logits = model(images)
+    image_features = model.encode_image(images)
+    ctx = model.prompt_learner(image_features)
+    expected = []
+    for features, image_ctx in zip(image_features, ctx):
+        prompts = model.class_prompts.assemble(image_ctx)
+        assert prompts.shape[1] == 77
+        text = normalize(reference_text_features(clip_model, prompts, model.class_prompts.eot))
+        expected.append(model.logit_scale.exp() * features @ text.t())
+    expected = torch.stack(expected)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    grads = torch.autograd.grad(F.cross_entropy(logits, labels), params)
+    expected_grads = torch.autograd.grad(F.cross_entropy(expected, labels), params)
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert grad.abs().max() > 0
+        assert torch.allclose(grad, expected_grad, atol=1e-5)
 
 
 def test_cocoop_meta_net_is_cocoops_bottleneck(clip_model):

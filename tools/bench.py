@@ -1,33 +1,54 @@
-"""Speed and memory of CoCoOp and MuPL against CoCoOp's reference design, side by side in one process.
+"""Speed and memory of CoCoOp and MuPL against CoCoOp's reference design (docs/performance.md).
 
-    python -m tools.bench                 # ViT-B/16 shapes, C = 19, 100, 1000, batch 1 and 4
-    python -m tools.bench --quick         # a few minutes on a CPU: C = 19 and 100, batch 1
+    python -m tools.bench                          # ViT-B/16 shapes, C = 19, 100, 1000, batch 1 and 4
+    python -m tools.bench --quick                  # C = 19 and 100, batch 1, 2 repeats: minutes on a CPU
+    python -m tools.bench --quick --backbone tiny  # the tiny test CLIP (clip/tiny.py): seconds
 
 The reference design is CoCoOp as its repository computes it: a Python loop over the images of the batch,
-every class prompt run at CLIP's full 77 tokens. It is written here from the same modules, with the same
-parameters as this project's CoCoOp, and its logits are checked against the fast path before timing.
-CLIP has random weights at real shapes, so nothing is downloaded.
+every class prompt at CLIP's full 77 tokens. It is this project's own model with only its text path swapped
+for that loop (``reference_text_path``), so parameters and everything else are shared; "MuPL reference" is
+MuPL with the same swap. Every reference's logits are checked against the fast path before timing. CLIP has
+random weights at real shapes, so nothing is downloaded.
+
+Peak memory is a configuration's (method, C, batch, train or infer) working memory: its peak over what is
+resident just before its warm-up runs, so neither the model build nor another configuration counts. GPU:
+``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. CPU (Linux, glibc): freed heap is
+handed back to the OS (``malloc_trim``), so nothing an earlier configuration freed can be reused unseen,
+then the kernel's resident high-water mark is restarted (``/proc/self/clear_refs`` "5") and read back as
+``ru_maxrss`` after the configuration's warm-up and timed runs. Elsewhere the CPU peak is reported as null.
 """
 import argparse
+import contextlib
+import ctypes
+import functools
 import json
 import os
 import platform
+import resource
 import statistics
-import threading
 import time
 
 import torch
 import torch.nn.functional as F
 
 from clip.model import CLIP, build_model
+from clip.tiny import build_tiny_clip
 from dassl.config import get_cfg_default
 from trainers import cocoop, mupl
-from trainers.common import cast_clip
+from trainers.common import cast_clip, freeze_all_but_prompt_learner
 
 VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
                context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
                transformer_layers=12)
 WORDS = ["spotted", "long haired", "miniature", "great", "red", "saint", "siamese", "terrier", "hound", "cat"]
+REFERENCE = "CoCoOp reference"
+METHODS = {  # method -> (model, whether its text path is the reference loop)
+    REFERENCE: ("CoCoOp", True),
+    "CoCoOp (this project)": ("CoCoOp", False),
+    "MuPL reference": ("MuPL", True),
+    "MuPL (this project)": ("MuPL", False),
+}
+MODES = ("train", "infer")
 
 
 def class_names(count):
@@ -43,65 +64,104 @@ def node(module, name, **values):
     return cfg.TRAINER[name]
 
 
-def reference_cocoop_logits(model, image):
-    """CoCoOp's repository: per image, all class prompts at 77 tokens through the text tower."""
-    image_features = model.encode_image(image)
-    ctx = model.prompt_learner(image_features)
-    scale = model.logit_scale.exp()
-    clip_text = model.text_encoder
-    logits = []
-    for features, image_ctx in zip(image_features, ctx):
-        prompts = model.class_prompts.assemble(image_ctx.type(model.dtype))
-        x = prompts + clip_text.positional_embedding.type(model.dtype)
-        x = clip_text.ln_final(clip_text.transformer(x))
-        text = x[torch.arange(x.shape[0]), model.class_prompts.eot] @ clip_text.text_projection
-        logits.append(scale * F.normalize(features, dim=-1) @ F.normalize(text, dim=-1).t())
-    return torch.stack(logits)
+def build_clip(backbone, prec):
+    torch.manual_seed(0)
+    clip_model = build_tiny_clip("vit") if backbone == "tiny" else build_model(CLIP(**VIT_B16).state_dict())
+    return cast_clip(clip_model, prec)
+
+
+def build_models(clip_model, names, device):
+    torch.manual_seed(0)
+    models = {
+        "CoCoOp": cocoop.CoCoOpCLIP(node(cocoop, "COCOOP", N_CTX=4, CTX_INIT="a photo of a"), names, clip_model),
+        "MuPL": mupl.MuPLCLIP(node(mupl, "MUPL"), names, clip_model),
+    }
+    for model in models.values():
+        model.to(device)
+        freeze_all_but_prompt_learner(model)
+    return models
+
+
+def reference_instance_text(model, ctx):
+    """(B, n_ctx, D) -> (B, C, E) as CoCoOp's repository: per image, all C prompts at 77 tokens."""
+    tower, prompts = model.text_encoder, model.class_prompts
+    texts = []
+    for image_ctx in ctx:
+        x = prompts.assemble(image_ctx.type(model.dtype)) + tower.positional_embedding.type(model.dtype)
+        x = tower.ln_final(tower.transformer(x))
+        texts.append(F.normalize(x[torch.arange(x.shape[0]), prompts.eot] @ tower.text_projection, dim=-1))
+    return torch.stack(texts)
+
+
+@contextlib.contextmanager
+def reference_text_path(model):
+    """The model's own forward with its batched, truncated text path swapped for the reference loop."""
+    model.encode_instance_text = functools.partial(reference_instance_text, model)
+    try:
+        yield model
+    finally:
+        del model.encode_instance_text
+
+
+def logits(model, image, reference):
+    if not reference:
+        return model(image)
+    with reference_text_path(model):
+        return model(image)
+
+
+def reset_resident_peak():
+    """Trim the heap and restart the resident high-water mark; False where Linux + glibc are missing."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:  # not Linux, or a read-only /proc
+        return False
+    return True
+
+
+def max_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 class PeakMemory:
-    """CUDA's allocator peak on a GPU; on the CPU the resident-set peak, sampled by a thread."""
+    """Bytes of peak memory over the baseline at entry (see the module docstring); None if unmeasurable."""
 
     def __init__(self, device):
         self.device = device
+        self.bytes = None
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
+            self.measurable, self.base = True, torch.cuda.memory_allocated()
         else:
-            self.base = self.peak = rss_bytes()
-            self.running = True
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
+            self.measurable = reset_resident_peak()
+            self.base = max_rss_bytes()
         return self
 
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, rss_bytes())
-            time.sleep(0.002)
-
     def __exit__(self, *exc):
+        if not self.measurable:
+            return
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             self.bytes = torch.cuda.max_memory_allocated() - self.base
         else:
-            self.running = False
-            self.thread.join()
-            self.bytes = max(self.peak, rss_bytes()) - self.base
+            self.bytes = max_rss_bytes() - self.base
 
 
-def rss_bytes():
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def timed(fn, device, repeats, warmup):
-    for _ in range(warmup):
-        fn()
+def measure(fn, device, repeats, warmup):
+    """Median seconds of ``fn`` over ``repeats`` timed runs, and the peak memory in bytes (or None) of
+    those and the warm-up runs, which pay for the pages the trim handed back."""
     times = []
     with PeakMemory(device) as memory:
+        for _ in range(warmup):
+            fn()
         for _ in range(repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -113,106 +173,126 @@ def timed(fn, device, repeats, warmup):
     return statistics.median(times), memory.bytes
 
 
-def train_step(forward, model, optimizer, image, label):
-    def step():
+def step_fn(model, image, label, reference, mode):
+    if mode == "infer":
+        def infer():
+            with torch.no_grad():
+                logits(model, image, reference)
+        return infer
+    optimizer = torch.optim.SGD(model.prompt_learner.parameters(), lr=1e-3)
+
+    def train():
         optimizer.zero_grad()
-        F.cross_entropy(forward(model, image), label).backward()
+        F.cross_entropy(logits(model, image, reference), label).backward()
         optimizer.step()
-    return step
+    return train
 
 
-def build_models(clip_model, names, device):
-    torch.manual_seed(0)
-    models = {
-        "CoCoOp (this project)": cocoop.CoCoOpCLIP(node(cocoop, "COCOOP", N_CTX=4, CTX_INIT="a photo of a"),
-                                                  names, clip_model),
-        "MuPL (this project)": mupl.MuPLCLIP(node(mupl, "MUPL"), names, clip_model),
-    }
-    for model in models.values():
-        model.to(device)
-        for name, param in model.named_parameters():
-            param.requires_grad_(name.startswith("prompt_learner."))
-    return models
+def check_reference(model, image):
+    with torch.no_grad():
+        fast, slow = logits(model, image, False).float(), logits(model, image, True).float()
+    if not torch.allclose(fast, slow, atol=1e-3 * fast.abs().max().item()):
+        raise AssertionError(f"fast and reference logits of {type(model).__name__} disagree")
 
 
 def run(args):
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    torch.manual_seed(0)
-    clip_model = cast_clip(build_model(CLIP(**VIT_B16).state_dict()), "fp32" if device.type == "cpu" else args.prec)
-    clip_model.to(device)
+    clip_model = build_clip(args.backbone, "fp32" if device.type == "cpu" else args.prec).to(device)
+    resolution = clip_model.visual.input_resolution
     rows = []
     for n_cls in args.classes:
-        names = class_names(n_cls)
-        models = build_models(clip_model, names, device)
-        reference_model = models["CoCoOp (this project)"]
+        models = build_models(clip_model, class_names(n_cls), device)
         for batch in args.batch:
-            image = torch.randn(batch, 3, 224, 224, device=device)
+            image = torch.randn(batch, 3, resolution, resolution, device=device)
             label = torch.arange(batch, device=device) % n_cls
-            with torch.no_grad():
-                fast, slow = reference_model(image), reference_cocoop_logits(reference_model, image)
-            assert torch.allclose(fast.float(), slow.float(), atol=1e-3 * fast.abs().max().item()), \
-                "fast and reference CoCoOp logits disagree"
-            candidates = {
-                "CoCoOp reference": (reference_model, reference_cocoop_logits),
-                "CoCoOp (this project)": (reference_model, lambda m, x: m(x)),
-                "MuPL (this project)": (models["MuPL (this project)"], lambda m, x: m(x)),
-            }
-            results = {}
-            for method, (model, forward) in candidates.items():
-                optimizer = torch.optim.SGD(model.prompt_learner.parameters(), lr=1e-3)
-                step = train_step(forward, model, optimizer, image, label)
-                train_s, train_mem = timed(step, device, args.repeats, args.warmup)
-
-                def infer(model=model, forward=forward):
-                    with torch.no_grad():
-                        forward(model, image)
-
-                infer_s, infer_mem = timed(infer, device, args.repeats, args.warmup)
-                results[method] = dict(train_ms_per_image=1000 * train_s / batch,
-                                       infer_ms_per_image=1000 * infer_s / batch,
-                                       train_images_per_s=batch / train_s, infer_images_per_s=batch / infer_s,
-                                       train_peak_mib=train_mem / 2 ** 20, infer_peak_mib=infer_mem / 2 ** 20)
-                print(f"C={n_cls:<5} B={batch} {method:<22} train {results[method]['train_ms_per_image']:9.1f} "
-                      f"ms/img  infer {results[method]['infer_ms_per_image']:9.1f} ms/img  "
-                      f"peak {results[method]['train_peak_mib']:8.1f} MiB", flush=True)
-            ref = results["CoCoOp reference"]
-            for method, result in results.items():
-                result["train_ratio_to_reference"] = result["train_ms_per_image"] / ref["train_ms_per_image"]
-                result["infer_speedup_vs_reference"] = result["infer_images_per_s"] / ref["infer_images_per_s"]
-                rows.append(dict(classes=n_cls, batch=batch, method=method, **result))
+            for name in {METHODS[m][0] for m in args.methods if METHODS[m][1]}:
+                check_reference(models[name], image)
+            for mode in args.modes:
+                for method in args.methods:
+                    name, reference = METHODS[method]
+                    seconds, peak = measure(step_fn(models[name], image, label, reference, mode), device,
+                                            args.repeats, args.warmup)
+                    rows.append(dict(backbone=args.backbone, classes=n_cls, batch=batch, method=method, mode=mode,
+                                     ms_per_image=1000 * seconds / batch, images_per_s=batch / seconds,
+                                     peak_mib=None if peak is None else peak / 2 ** 20))
+                    print(f"C={n_cls:<5} B={batch} {mode:<5} {method:<22} {rows[-1]['ms_per_image']:9.1f} ms/img  "
+                          f"peak {fmt(rows[-1]['peak_mib'], '.0f')} MiB", flush=True)
+        del models
+    add_ratios(rows)
     return device, rows
+
+
+def add_ratios(rows):
+    """Time and peak of each row over the CoCoOp reference's at the same C, batch and mode (None without one)."""
+    refs = {(r["classes"], r["batch"], r["mode"]): r for r in rows if r["method"] == REFERENCE}
+    for row in rows:
+        ref = refs.get((row["classes"], row["batch"], row["mode"]))
+        row["ratio_to_reference"] = None if ref is None else row["ms_per_image"] / ref["ms_per_image"]
+        row["speedup_vs_reference"] = None if ref is None else row["images_per_s"] / ref["images_per_s"]
+        row["peak_ratio_to_reference"] = (
+            row["peak_mib"] / ref["peak_mib"] if ref is not None and row["peak_mib"] is not None and ref["peak_mib"]
+            else None
+        )
+
+
+def fmt(value, spec):
+    return "n/a" if value is None else format(value, spec)
 
 
 def markdown(rows, machine):
     lines = [f"Machine: {machine}", "",
-             "| C | batch | method | train ms/img | x ref | infer ms/img | infer img/s | x ref speed | train peak MiB |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| mode | C | batch | method | ms/img | img/s | time x ref | img/s x ref | peak MiB | peak x ref |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['classes']} | {r['batch']} | {r['method']} | {r['train_ms_per_image']:.1f} | "
-                     f"{r['train_ratio_to_reference']:.2f} | {r['infer_ms_per_image']:.1f} | "
-                     f"{r['infer_images_per_s']:.2f} | {r['infer_speedup_vs_reference']:.2f} | "
-                     f"{r['train_peak_mib']:.0f} |")
+        lines.append(f"| {r['mode']} | {r['classes']} | {r['batch']} | {r['method']} | {r['ms_per_image']:.1f} | "
+                     f"{r['images_per_s']:.2f} | {fmt(r['ratio_to_reference'], '.2f')} | "
+                     f"{fmt(r['speedup_vs_reference'], '.2f')} | {fmt(r['peak_mib'], '.0f')} | "
+                     f"{fmt(r['peak_ratio_to_reference'], '.2f')} |")
     return "\n".join(lines) + "\n"
+
+
+def machine_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="C = 19 and 100, batch 1, 2 repeats")
-    parser.add_argument("--classes", type=int, nargs="+", default=[19, 100, 1000])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="defaults C = 19 and 100, batch 1, 2 repeats")
+    parser.add_argument("--backbone", default="vit_b16", choices=["vit_b16", "tiny"],
+                        help="ViT-B/16 shapes, or the tiny test CLIP of clip/tiny.py")
+    parser.add_argument("--classes", type=int, nargs="+", help="default 19 100 1000")
+    parser.add_argument("--batch", type=int, nargs="+", help="default 1 4")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--repeats", type=int, help="timed runs per configuration (median); default 5")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--prec", default="fp16", choices=["fp16", "fp32"], help="CLIP precision on a GPU")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--out", default="output/bench", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.classes, args.batch, args.repeats, args.warmup = [19, 100], [1], 2, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = dict(classes=[19, 100], batch=[1], repeats=2)
+    full = dict(classes=[19, 100, 1000], batch=[1, 4], repeats=5)
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     device, rows = run(args)
-    if device.type == "cuda":
-        machine = torch.cuda.get_device_name(device)
-    else:
-        machine = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    machine = machine_name(device)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench.json"), "w") as handle:
         json.dump({"machine": machine, "torch": torch.__version__, "rows": rows}, handle, indent=2)
