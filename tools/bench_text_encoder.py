@@ -11,14 +11,12 @@ checked equal before timing. Random weights, forward pass only (inference; a tra
 pass that scales the same way). Results: docs/performance.md.
 """
 import argparse
-import statistics
-import time
 
 import torch
 
 from clip.model import CLIP, build_model
 from clip.prompting import ClassPrompts, TextEncoder
-from tools.bench import VIT_B16, class_names, machine_name
+from tools.bench import VIT_B16, class_names, machine_name, measure
 
 N_CTX, CTX_INIT = 4, "a photo of a"
 
@@ -33,21 +31,6 @@ def reference_text(clip_model, prompts, eot):
     return torch.stack(features)
 
 
-def median_seconds(fn, device, repeats, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 @torch.no_grad()
 def bench(clip_model, n_cls, batch, device, repeats, warmup):
     prompts_of = ClassPrompts(clip_model, class_names(n_cls), N_CTX, CTX_INIT).to(device)
@@ -59,8 +42,8 @@ def bench(clip_model, n_cls, batch, device, repeats, warmup):
     expected, fast = reference_text(clip_model, prompts, prompts_of.eot), encoder(prompts, eot)
     if not torch.allclose(fast, expected, atol=1e-4 * expected.abs().max().item()):
         raise AssertionError(f"truncated and 77-token text features disagree at C={n_cls}")
-    ref_s = median_seconds(lambda: reference_text(clip_model, prompts, prompts_of.eot), device, repeats, warmup)
-    fast_s = median_seconds(lambda: encoder(prompts, eot), device, repeats, warmup)
+    ref_s, _ = measure(lambda: reference_text(clip_model, prompts, prompts_of.eot), device, repeats, warmup)
+    fast_s, _ = measure(lambda: encoder(prompts, eot), device, repeats, warmup)
     return dict(classes=n_cls, tokens=int(prompts_of.eot.max()) + 1, ref_ms=1000 * ref_s / batch,
                 fast_ms=1000 * fast_s / batch, speedup=ref_s / fast_s)
 
