@@ -21,6 +21,9 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
     payload = PAYLOAD
 
     def do_GET(self):
+        # Recorded before the body is sent: the client may finish (and the test assert) before
+        # this thread runs another line after the write.
+        self.server.requests.append(self.headers.get("Range"))
         start = 0
         if self.headers.get("Range", "").startswith("bytes="):
             start = int(self.headers["Range"][6:].split("-")[0])
@@ -31,7 +34,6 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        self.server.requests.append(self.headers.get("Range"))
 
     def log_message(self, *args):
         pass
