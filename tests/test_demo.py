@@ -1,16 +1,24 @@
 """The demo: the shipped tiny CLIP's zero-shot accuracy on ToyShapes lies in the band docs/demo.md states,
 and the demo script runs end to end (reduced) through the real scripts with every method in the report."""
 import csv
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import clip
 
 import train
 from dassl.utils.logger import Logger
-from toyworld.make_dataset import make_dataset
+from toyworld.make_dataset import SPLIT_FILE, make_dataset
+from toyworld.world import class_names
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "toyworld" / "toyclip-seed0.pt"
@@ -42,12 +50,55 @@ def zero_shot_accuracy(root, subsample, capsys):
     return float(re.findall(r"\* accuracy: ([\d.]+)%", out)[-1])
 
 
-def test_shipped_weights_zero_shot_in_the_documented_band(tmp_path, capsys):
-    make_dataset(str(tmp_path))          # the demo's full dataset: 24/8/16 images per class, seed 0
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo_data")
+    make_dataset(str(root))          # the demo's full dataset: 24/8/16 images per class, seed 0
+    return root
+
+
+def test_shipped_weights_zero_shot_in_the_documented_band(toy_root, capsys):
     for subsample, (low, high) in documented_band().items():
-        accuracy = zero_shot_accuracy(tmp_path, subsample, capsys)
+        accuracy = zero_shot_accuracy(toy_root, subsample, capsys)
         assert low <= accuracy <= high, f"{subsample}: {accuracy}% outside {low}-{high}%"
         assert accuracy > 3 * CHANCE
+
+
+def encoded_split(model, preprocess, root, key):
+    folder = root / "toy_shapes"
+    items = json.loads((folder / SPLIT_FILE).read_text())[key]
+    images = torch.stack([preprocess(Image.open(folder / "images" / rel)) for rel, _, _ in items])
+    with torch.no_grad():
+        features = F.normalize(model.encode_image(images), dim=-1)
+    return features, torch.tensor([label for _, label, _ in items])
+
+
+def test_shipped_weights_leave_room_for_prompt_learning(toy_root):
+    """The demo means something only if the image features know more than zero-shot uses: a 16-shot
+    linear probe on the base classes (a classifier prompt learning can approach) must beat zero-shot
+    by a wide margin."""
+    torch.manual_seed(0)
+    model, preprocess = clip.load(str(WEIGHTS))
+    model = model.float().eval()
+    train_x, train_y = encoded_split(model, preprocess, toy_root, "train")
+    test_x, test_y = encoded_split(model, preprocess, toy_root, "test")
+    base = list(range(len(class_names()) // 2))
+    shots = torch.cat([torch.nonzero(train_y == c).flatten()[:16] for c in base])
+    on_base = torch.isin(test_y, torch.tensor(base))
+    with torch.no_grad():
+        tokens = clip.tokenize([f"a photo of a {name}." for name in class_names()[: len(base)]])
+        text = F.normalize(model.encode_text(tokens), dim=-1)
+    zero_shot = ((test_x[on_base] @ text.t()).argmax(1) == test_y[on_base]).float().mean().item()
+    weights = text.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([weights], lr=1e-2)
+    for _ in range(300):
+        loss = F.cross_entropy(50 * train_x[shots] @ weights.t(), train_y[shots])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    probe = ((test_x[on_base] @ weights.t()).argmax(1) == test_y[on_base]).float().mean().item()
+    assert zero_shot > 3 * CHANCE / 100
+    assert probe > zero_shot + 0.15, f"probe {probe:.3f} vs zero-shot {zero_shot:.3f}"
 
 
 def test_reduced_demo_end_to_end(tmp_path):

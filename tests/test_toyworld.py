@@ -56,6 +56,16 @@ def test_styles_differ_so_transfer_is_not_free():
     assert np.ptp(downstream[corner]) > 0
 
 
+def test_downstream_light_is_warm():
+    """The shift zero-shot trips on: downstream images are redder and less blue than pretraining's."""
+    def mean_rgb(style):
+        return np.mean([np.asarray(draw("square", "green", "plain", "small", seed=s, style=style)).reshape(-1, 3)
+                        for s in range(20)], axis=(0, 1))
+    pretrain, downstream = mean_rgb("pretrain"), mean_rgb("downstream")
+    assert abs(pretrain[0] - pretrain[2]) < 5
+    assert downstream[0] - downstream[2] > 40
+
+
 def test_dataset_is_byte_identical_for_a_seed(toy_root, tmp_path):
     make_dataset.make_dataset(str(tmp_path), PER_CLASS, seed=0)
     assert tree_digest(tmp_path / "toy_shapes") == tree_digest(toy_root / "toy_shapes")

@@ -1,8 +1,10 @@
 """Objects with a shape, colour, pattern and size, drawn on small images, each with a caption.
 
-Two styles: ``pretrain`` (plain backgrounds) for the tiny CLIP's contrastive pretraining, and
-``downstream`` (textured, noisy backgrounds, other scales) for the ToyShapes benchmark, so that zero-shot
-transfer works but is imperfect and prompt learning has something to adapt to.
+Two styles: ``pretrain`` (plain grey backgrounds, neutral light) for the tiny CLIP's contrastive
+pretraining, and ``downstream`` for the ToyShapes benchmark: gradient backgrounds with pixel noise,
+jittered object colours, all seen under a warm light. The warm light is what zero-shot transfer trips on
+(a yellow object looks orange, a blue one purple), while the image features still tell the classes apart,
+so prompt learning has something real to adapt to (docs/demo.md gives the measured gap).
 """
 import numpy as np
 from PIL import Image, ImageDraw
@@ -16,7 +18,10 @@ PATTERNS = ["plain", "striped", "dotted"]
 SIZES = ["small", "large"]
 IMAGE_SIZE = 32
 FILL_JITTER = 20    # colour noise of downstream objects (std, 0-255 scale)
-SCALE_JITTER = (0.8, 1.15)    # size change of downstream objects
+BACKGROUND_NOISE = 3    # pixel noise of downstream backgrounds (std, 0-255 scale)
+WARM_LIGHT = (1.15, 0.8, 0.8)    # per-channel gain on downstream images
+# Object sizes stay those of pretraining: the tiny CLIP saw two radii only, and any size jitter
+# destroys its shape features (a linear probe then does no better than zero-shot).
 
 
 def shape_polygon(shape, cx, cy, r):
@@ -38,19 +43,18 @@ def background(rng, style):
     if style == "pretrain":
         grey = int(rng.integers(150, 250))
         return np.full((IMAGE_SIZE, IMAGE_SIZE, 3), grey, dtype=np.float32)
-    # downstream: a light two-colour gradient plus noise, never seen in pretraining (darker or noisier
-    # backgrounds make the tiny CLIP's features useless: a linear probe then does no better than zero-shot)
+    # downstream: a light two-colour gradient plus noise, never seen in pretraining
     start, end = rng.integers(150, 250, size=(2, 3))
     ramp = np.linspace(0, 1, IMAGE_SIZE, dtype=np.float32)[:, None, None]
     image = start * (1 - ramp) + end * ramp
-    return np.repeat(image, IMAGE_SIZE, axis=1) + rng.normal(0, 8, (IMAGE_SIZE, IMAGE_SIZE, 3))
+    return np.repeat(image, IMAGE_SIZE, axis=1) + rng.normal(0, BACKGROUND_NOISE, (IMAGE_SIZE, IMAGE_SIZE, 3))
 
 
 def draw(shape, colour, pattern, size, seed, style="pretrain"):
     """One object as a PIL image; the same arguments always give the same pixels."""
     rng = np.random.default_rng(seed)
     canvas = Image.fromarray(np.clip(background(rng, style), 0, 255).astype(np.uint8))
-    radius = {"small": 6.0, "large": 11.0}[size] * (rng.uniform(*SCALE_JITTER) if style == "downstream" else 1.0)
+    radius = {"small": 6.0, "large": 11.0}[size]
     margin = radius + 1
     cx, cy = rng.uniform(margin, IMAGE_SIZE - margin, size=2)
     mask = Image.new("L", canvas.size, 0)
@@ -70,6 +74,9 @@ def draw(shape, colour, pattern, size, seed, style="pretrain"):
         layer[((yy % 4) < 2) & ((xx % 4) < 2)] *= 0.45
     obj = Image.fromarray(layer.astype(np.uint8))
     canvas.paste(obj, (0, 0), mask)
+    if style == "downstream":
+        lit = np.asarray(canvas, dtype=np.float32) * np.array(WARM_LIGHT, dtype=np.float32)
+        canvas = Image.fromarray(np.clip(lit, 0, 255).astype(np.uint8))
     return canvas
 
 
