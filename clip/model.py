@@ -39,16 +39,36 @@ class ResidualAttentionBlock(nn.Module):
         self.heads = heads
         self.causal = causal
 
-    def attention(self, x):
+    def attention(self, x, rows=None):
+        """Self-attention over ``x`` (B, L, W); with ``rows`` (B,), only the query at one row per sequence."""
         batch, length, width = x.shape
-        qkv = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias)
-        q, k, v = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        return self.attn.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        head_dim = width // self.heads
+        if rows is None:
+            qkv = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias)
+            q, k, v = qkv.view(batch, length, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+            return self.attn.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        w_q, w_kv = self.attn.in_proj_weight.split([width, 2 * width])
+        b_q, b_kv = self.attn.in_proj_bias.split([width, 2 * width])
+        query = x[torch.arange(batch, device=x.device), rows]
+        q = F.linear(query, w_q, b_q).view(batch, self.heads, 1, head_dim)
+        k, v = F.linear(x, w_kv, b_kv).view(batch, length, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+        mask = None
+        if self.causal:  # the query at row r sees keys 0..r, as in the full causal pass
+            mask = (torch.arange(length, device=x.device) <= rows[:, None])[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.attn.out_proj(out.reshape(batch, width))
 
     def forward(self, x):
         x = x + self.attention(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
+
+    def forward_rows(self, x, rows):
+        """The block's output at one row per sequence (B, W): all a pooled readout needs from the last
+        block, for the keys and values of every row plus one query and one MLP row."""
+        picked = x[torch.arange(x.shape[0], device=x.device), rows]
+        picked = picked + self.attention(self.ln_1(x), rows)
+        return picked + self.mlp(self.ln_2(picked))
 
 
 class Transformer(nn.Module):
@@ -60,8 +80,13 @@ class Transformer(nn.Module):
         self.layers = layers
         self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
 
-    def forward(self, x):
-        return self.resblocks(x)
+    def forward(self, x, pooled_rows=None):
+        """(B, L, W) -> (B, L, W); with ``pooled_rows`` (B,), the last block's output at those rows (B, W)."""
+        if pooled_rows is None:
+            return self.resblocks(x)
+        for block in self.resblocks[:-1]:
+            x = block(x)
+        return self.resblocks[-1].forward_rows(x, pooled_rows)
 
 
 class VisionTransformer(nn.Module):
@@ -96,12 +121,14 @@ class VisionTransformer(nn.Module):
         if len(deep_prompts) >= len(self.transformer.resblocks):
             raise ValueError(f"at most {len(self.transformer.resblocks) - 1} deep prompt layers")
         x = self.ln_pre(x)
-        for index, block in enumerate(self.transformer.resblocks):
+        blocks = self.transformer.resblocks
+        for index, block in enumerate(blocks):
             if 0 < index <= len(deep_prompts):
                 x = torch.cat([x[:, :-n_prompts], deep_prompts[index - 1].to(x.dtype)], dim=1)
-            x = block(x)
-        x = self.ln_post(x[:, 0, :])
-        return x @ self.proj
+            if index < len(blocks) - 1:
+                x = block(x)
+        cls_rows = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.ln_post(blocks[-1].forward_rows(x, cls_rows)) @ self.proj
 
 
 class Bottleneck(nn.Module):
@@ -247,8 +274,7 @@ class CLIP(nn.Module):
 
     def encode_text(self, text):
         x = self.token_embedding(text).type(self.dtype) + self.positional_embedding.type(self.dtype)
-        x = self.ln_final(self.transformer(x))
-        return x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ self.text_projection
+        return self.ln_final(self.transformer(x, pooled_rows=text.argmax(dim=-1))) @ self.text_projection
 
     def forward(self, image, text):
         image_features = F.normalize(self.encode_image(image), dim=-1)

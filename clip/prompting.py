@@ -32,10 +32,8 @@ class TextEncoder(nn.Module):
         eot = eot.reshape(-1).to(x.device)
         features = []
         for start in range(0, x.shape[0], self.chunk_size):
-            hidden = self.transformer(x[start : start + self.chunk_size])
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            at_eot = self.ln_final(hidden[rows, eot[start : start + self.chunk_size]])
-            features.append(at_eot @ self.text_projection)
+            at_eot = self.transformer(x[start : start + self.chunk_size], pooled_rows=eot[start : start + self.chunk_size])
+            features.append(self.ln_final(at_eot) @ self.text_projection)
         return torch.cat(features).reshape(*leading, -1)
 
 

@@ -22,6 +22,17 @@ echo "== 1/4 ToyShapes dataset (${PER_CLASS[*]} train/val/test images per class)
 echo "== 2/4 tiny CLIP pretrained on the toy world: $WEIGHTS"
 "$PYTHON" -m tools.pretrain_tiny_clip --out "$WEIGHTS"
 
+# Finished runs are skipped on a rerun (the scripts' usual behaviour), so runs made with another dataset
+# or other weights are moved aside, never reported as this world's and never deleted.
+INPUTS="$(cat "$DATA/toy_shapes/world.json"; sha256sum "$WEIGHTS" | cut -d' ' -f1)"
+if [[ -d "$OUTPUT" && "$(cat "$OUTPUT/demo-inputs.txt" 2>/dev/null)" != "$INPUTS" ]]; then
+    STALE="$OUTPUT.stale-$(date +%Y%m%d-%H%M%S)"
+    echo "Runs in $OUTPUT were made with another ToyShapes drawing or other weights: moved to $STALE"
+    mv "$OUTPUT" "$STALE"
+fi
+mkdir -p "$OUTPUT"
+printf '%s\n' "$INPUTS" > "$OUTPUT/demo-inputs.txt"
+
 COMMON=(MODEL.BACKBONE.NAME "$WEIGHTS" INPUT.SIZE "(32, 32)" DATALOADER.NUM_WORKERS 0
         DATALOADER.TEST.BATCH_SIZE 100 TRAIN.PRINT_FREQ 40)
 echo "== 3/4 base-to-new, seed 1: ZeroshotCLIP, CoOp, CoCoOp, MuPL"

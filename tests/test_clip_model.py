@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import clip
-from clip.model import CLIP, architecture_from_state_dict, build_model
+from clip.model import CLIP, ResidualAttentionBlock, architecture_from_state_dict, build_model
 from clip.prompting import ClassPrompts, TextEncoder
 from clip.tiny import build_tiny_clip, tiny_state_dict
 
@@ -89,6 +89,24 @@ def test_truncated_batched_text_encoder_equals_the_77_token_loop():
         loop = x[torch.arange(3), prompts.eot] @ model.text_projection
         assert torch.allclose(batched[image], loop, atol=1e-5)
     assert batched.shape == (3, 3, 32)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_last_block_at_pooled_rows_equals_the_full_block_and_its_gradients(causal):
+    """The readout computes one query and one MLP row per sequence in the last block; the values and the
+    gradients reaching its input must be those of the full block read at the same rows."""
+    torch.manual_seed(0)
+    block = ResidualAttentionBlock(width=32, heads=4, causal=causal)
+    x = torch.randn(5, 9, 32, requires_grad=True)
+    rows = torch.tensor([0, 8, 3, 5, 1])
+    weights = torch.randn(5, 32)
+    full = block(x)[torch.arange(5), rows]
+    pooled = block.forward_rows(x, rows)
+    assert torch.allclose(pooled, full, atol=1e-5)
+    (grad_full,) = torch.autograd.grad((full * weights).sum(), x)
+    (grad_pooled,) = torch.autograd.grad((pooled * weights).sum(), x)
+    assert grad_full.abs().max() > 0
+    assert torch.allclose(grad_pooled, grad_full, atol=1e-5)
 
 
 def test_class_prompts_start_from_ctx_init_and_read_like_the_sentence():

@@ -102,6 +102,9 @@ def test_shipped_weights_leave_room_for_prompt_learning(toy_root):
 
 
 def test_reduced_demo_end_to_end(tmp_path):
+    stale_run = tmp_path / "output" / "base2new" / "old_run.txt"   # made by another world: kept, moved aside
+    stale_run.parent.mkdir(parents=True)
+    stale_run.write_text("earlier result")
     env = dict(os.environ, DEMO_QUICK="1", DEMO_DIR=str(tmp_path), PYTHON=sys.executable, OMP_NUM_THREADS="1")
     result = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=600)
@@ -114,3 +117,6 @@ def test_reduced_demo_end_to_end(tmp_path):
         assert float(rows[method]["base"]) > 2 * CHANCE, (method, rows[method])
     assert (tmp_path / "report" / "base2new.png").stat().st_size > 0
     assert "## Missing or unfinished runs\n\nNone." in (tmp_path / "report" / "report.md").read_text()
+    moved = list(tmp_path.glob("output.stale-*/base2new/old_run.txt"))
+    assert [p.read_text() for p in moved] == ["earlier result"]
+    assert (tmp_path / "output" / "demo-inputs.txt").read_text().startswith("{")

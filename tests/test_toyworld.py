@@ -127,3 +127,17 @@ def test_pretraining_is_reproducible_and_loads_like_official_weights(tmp_path):
     with torch.no_grad():
         features = model.encode_text(clip.tokenize(["a photo of a red circle."]))
     assert features.shape == (1, pretrain_tiny_clip.TOY_CLIP["embed_dim"])
+
+
+def test_dataset_from_another_world_version_is_redrawn(tmp_path, monkeypatch, capsys):
+    make_dataset.make_dataset(str(tmp_path), PER_CLASS, seed=0)
+    make_dataset.make_dataset(str(tmp_path), PER_CLASS, seed=0)
+    assert "already at" in capsys.readouterr().out
+    image = tmp_path / "toy_shapes" / "images" / "red_circle" / "train_000.png"
+    image.write_bytes(b"drawn by an older world")
+    monkeypatch.setattr(make_dataset.world, "WORLD_VERSION", make_dataset.world.WORLD_VERSION + 1)
+    make_dataset.make_dataset(str(tmp_path), PER_CLASS, seed=0)
+    assert "redrawing" in capsys.readouterr().out
+    assert image.read_bytes().startswith(b"\x89PNG")
+    world = json.loads((tmp_path / "toy_shapes" / make_dataset.WORLD_FILE).read_text())
+    assert world["world_version"] == make_dataset.world.WORLD_VERSION

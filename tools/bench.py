@@ -5,9 +5,10 @@
     python -m tools.bench --quick --backbone tiny  # the tiny test CLIP (clip/tiny.py): seconds
 
 The reference design is CoCoOp as its repository computes it: a Python loop over the images of the batch,
-every class prompt at CLIP's full 77 tokens. It is this project's own model with only its text path swapped
-for that loop (``reference_text_path``), so parameters and everything else are shared; "MuPL reference" is
-MuPL with the same swap. Every reference's logits are checked against the fast path before timing. CLIP has
+every class prompt at CLIP's full 77 tokens, and every row of the image tower's last block computed
+although only the class token is read. It is this project's own model with those two paths swapped
+(``reference_path``), so parameters and everything else are shared; "MuPL reference" is MuPL with the same
+swaps. Every reference's logits are checked against the fast path before timing. CLIP has
 random weights at real shapes, so nothing is downloaded.
 
 Peak memory is a configuration's (method, C, batch, train or infer) working memory: its peak over what is
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from clip.model import CLIP, build_model
 from clip.tiny import build_tiny_clip
 from dassl.config import get_cfg_default
+from dassl.utils import atomic_write
 from trainers import cocoop, mupl
 from trainers.common import cast_clip, freeze_all_but_prompt_learner
 
@@ -93,20 +95,31 @@ def reference_instance_text(model, ctx):
     return torch.stack(texts)
 
 
+def full_last_block(block, x, rows):
+    """CLIP's own readout: the whole last block, then one row per sequence."""
+    return block(x)[torch.arange(x.shape[0], device=x.device), rows]
+
+
 @contextlib.contextmanager
-def reference_text_path(model):
-    """The model's own forward with its batched, truncated text path swapped for the reference loop."""
+def reference_path(model):
+    """The model's own forward with the reference's text loop and full last image block swapped in."""
     model.encode_instance_text = functools.partial(reference_instance_text, model)
+    tower = getattr(model.image_encoder, "transformer", None)  # ViT; a ResNet has no such block
+    last = tower.resblocks[-1] if tower is not None else None
+    if last is not None:
+        last.forward_rows = functools.partial(full_last_block, last)
     try:
         yield model
     finally:
         del model.encode_instance_text
+        if last is not None:
+            del last.forward_rows
 
 
 def logits(model, image, reference):
     if not reference:
         return model(image)
-    with reference_text_path(model):
+    with reference_path(model):
         return model(image)
 
 
@@ -155,22 +168,36 @@ class PeakMemory:
             self.bytes = max_rss_bytes() - self.base
 
 
-def measure(fn, device, repeats, warmup):
-    """Median seconds of ``fn`` over ``repeats`` timed runs, and the peak memory in bytes (or None) of
-    those and the warm-up runs, which pay for the pages the trim handed back."""
-    times = []
-    with PeakMemory(device) as memory:
-        for _ in range(warmup):
-            fn()
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), memory.bytes
+def timed(fn, device):
+    """Seconds of one call; on a GPU, until the work it queued is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def measure(fns, device, repeats, warmup):
+    """[(median seconds, peak bytes or None)] for each function.
+
+    Each function's peak memory is that of its own warm-up runs (at least one), taken one function at a
+    time. The timed runs then go in rounds, every function once per round, so load that comes and goes on
+    a shared machine lands on all of them alike, and the ratios between them hold even when the absolute
+    times drift.
+    """
+    peaks = []
+    for fn in fns:
+        with PeakMemory(device) as memory:
+            for _ in range(max(1, warmup)):
+                fn()
+        peaks.append(memory.bytes)
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, samples in zip(fns, times):
+            samples.append(timed(fn, device))
+    return [(statistics.median(samples), peak) for samples, peak in zip(times, peaks)]
 
 
 def step_fn(model, image, label, reference, mode):
@@ -208,10 +235,9 @@ def run(args):
             for name in {METHODS[m][0] for m in args.methods if METHODS[m][1]}:
                 check_reference(models[name], image)
             for mode in args.modes:
-                for method in args.methods:
-                    name, reference = METHODS[method]
-                    seconds, peak = measure(step_fn(models[name], image, label, reference, mode), device,
-                                            args.repeats, args.warmup)
+                steps = [step_fn(models[METHODS[m][0]], image, label, METHODS[m][1], mode) for m in args.methods]
+                results = measure(steps, device, args.repeats, args.warmup)
+                for method, (seconds, peak) in zip(args.methods, results):
                     rows.append(dict(backbone=args.backbone, classes=n_cls, batch=batch, method=method, mode=mode,
                                      ms_per_image=1000 * seconds / batch, images_per_s=batch / seconds,
                                      peak_mib=None if peak is None else peak / 2 ** 20))
@@ -294,10 +320,10 @@ def main(argv=None):
     device, rows = run(args)
     machine = machine_name(device)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench.json"), "w") as handle:
+    with atomic_write(os.path.join(args.out, "bench.json"), mode="w") as handle:
         json.dump({"machine": machine, "torch": torch.__version__, "rows": rows}, handle, indent=2)
     table = markdown(rows, machine)
-    with open(os.path.join(args.out, "bench.md"), "w") as handle:
+    with atomic_write(os.path.join(args.out, "bench.md"), mode="w") as handle:
         handle.write(table)
     print(table)
 

@@ -42,8 +42,8 @@ def bench(clip_model, n_cls, batch, device, repeats, warmup):
     expected, fast = reference_text(clip_model, prompts, prompts_of.eot), encoder(prompts, eot)
     if not torch.allclose(fast, expected, atol=1e-4 * expected.abs().max().item()):
         raise AssertionError(f"truncated and 77-token text features disagree at C={n_cls}")
-    ref_s, _ = measure(lambda: reference_text(clip_model, prompts, prompts_of.eot), device, repeats, warmup)
-    fast_s, _ = measure(lambda: encoder(prompts, eot), device, repeats, warmup)
+    (ref_s, _), (fast_s, _) = measure([lambda: reference_text(clip_model, prompts, prompts_of.eot),
+                                        lambda: encoder(prompts, eot)], device, repeats, warmup)
     return dict(classes=n_cls, tokens=int(prompts_of.eot.max()) + 1, ref_ms=1000 * ref_s / batch,
                 fast_ms=1000 * fast_s / batch, speedup=ref_s / fast_s)
 

@@ -9,6 +9,7 @@ so prompt learning has something real to adapt to (docs/demo.md gives the measur
 import numpy as np
 from PIL import Image, ImageDraw
 
+WORLD_VERSION = 2    # bump whenever drawing changes, so existing ToyShapes folders are redrawn
 SHAPES = ["circle", "square", "triangle", "diamond", "cross"]
 COLOURS = {
     "red": (215, 40, 40), "green": (40, 170, 60), "blue": (45, 85, 220),
