@@ -35,16 +35,17 @@ DATASET:
 """
 
 
-def make_tiny_folders(root, n_classes=3, n_train=6, n_test=4):
+def make_tiny_folders(root, train_counts=(6, 6, 6), test_counts=(4, 4, 4)):
+    """``tiny_folders/{train,test}/class_<k>/<i>.png`` (the LinearProbe fixture's dataset), with the
+    given number of images per class; class k is a noisy grey at level 60 k, so it is learnable."""
     rng = np.random.default_rng(0)
-    for split, count in (("train", n_train), ("test", n_test)):
-        for label in range(n_classes):
+    for split, counts in (("train", train_counts), ("test", test_counts)):
+        for label, count in enumerate(counts):
             folder = root / "tiny_folders" / split / f"class_{label}"
             folder.mkdir(parents=True)
             for index in range(count):
                 pixels = rng.integers(0, 60, (8, 8, 3)) + 60 * label
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{index}.png")
-
 
 
 def run_main(capsys, *argv):

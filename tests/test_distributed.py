@@ -12,14 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from clip.tiny import save_tiny_clip
 from dassl.data.samplers import ShardSampler
 from dassl.engine import distributed
+from tests.helpers import make_tiny_folders
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -56,18 +55,6 @@ EXTRA_OPTS = {
 }
 
 
-def make_tree(root):
-    """``tiny_folders/{train,test}/class_<k>/<i>.png`` (the layout of the LinearProbe fixture's dataset)."""
-    rng = np.random.default_rng(0)
-    for split, counts in (("train", TRAIN_COUNTS), ("test", TEST_COUNTS)):
-        for label, count in enumerate(counts):
-            folder = root / "tiny_folders" / split / f"class_{label}"
-            folder.mkdir(parents=True)
-            for index in range(count):
-                pixels = rng.integers(0, 60, (8, 8, 3)) + 60 * label
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{index}.png")
-
-
 class Run:
     """train.py started in the background, in one process or under torchrun with ``nproc`` processes."""
 
@@ -102,7 +89,7 @@ def finish(*runs):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    make_tree(root / "data")
+    make_tiny_folders(root / "data", TRAIN_COUNTS, TEST_COUNTS)
     (root / "cfg.yaml").write_text(CONFIG)
     save_tiny_clip(str(root / "tiny_vit.pt"), arch="vit", seed=0)
     return root
