@@ -15,14 +15,14 @@ from clip.tiny import build_tiny_clip
 from tools import bench
 from trainers import mupl
 from tests.helpers import assert_same_loss_gradients
-from trainers.common import cast_clip, freeze_all_but_prompt_learner
+from trainers.common import cast_clip, default_trainer_node, freeze_all_but_prompt_learner
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_mupl_reference_path_gives_the_same_logits_and_gradients():
     clip_model = cast_clip(build_tiny_clip("vit"), "fp32")
-    cfg = bench.node(mupl, "MUPL")
+    cfg = default_trainer_node(mupl, "MUPL")
     cfg.FTP.ZERO_INIT = False  # zero-initialised meta-nets would make some gradients trivially equal (zero)
     cfg.TVP.DEPTH = 2
     torch.manual_seed(0)

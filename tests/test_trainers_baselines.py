@@ -4,12 +4,13 @@ import torch
 
 import clip
 from clip.tiny import tiny_state_dict
-from dassl.config import get_cfg_default
 from tests.helpers import assert_same_loss_gradients
 from trainers import cocoop, coop, zsclip
+from tools.bench import reference_text
 from trainers.common import (
     TemplateTextFeatures,
     cast_clip,
+    default_trainer_node,
     effective_precision,
     make_grad_scaler,
     normalize,
@@ -30,47 +31,27 @@ def images():
     return torch.randn(BATCH, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-def trainer_node(module, name, **values):
-    cfg = get_cfg_default()
-    module.extend_cfg(cfg)
-    node = cfg.TRAINER[name]
-    for key, value in values.items():
-        node[key] = value
-    return node
-
-
-def reference_text_features(clip_model, prompts, eot):
-    """The reference design: every prompt at CLIP's full 77 tokens through CLIP's own text tower."""
-    x = prompts + clip_model.positional_embedding
-    x = clip_model.transformer(x)  # batch-first (batch, 77, width), causal
-    x = clip_model.ln_final(x)
-    return x[torch.arange(x.shape[0]), eot] @ clip_model.text_projection
-
-
 def test_cocoop_batched_truncated_text_matches_the_per_image_loop(clip_model, images):
     """Same logits, and same prompt-learner gradients for the same loss, as CoCoOp's 77-token loop."""
     torch.manual_seed(0)
     model = cocoop.CoCoOpCLIP(
-        trainer_node(cocoop, "COCOOP", N_CTX=4, CTX_INIT="a photo of a"), CLASSNAMES, clip_model
+        default_trainer_node(cocoop, "COCOOP", N_CTX=4, CTX_INIT="a photo of a"), CLASSNAMES, clip_model
     )
     params = list(model.prompt_learner.parameters())
     labels = torch.arange(BATCH) % len(CLASSNAMES)
     logits = model(images)
     image_features = model.encode_image(images)
     ctx = model.prompt_learner(image_features)
-    expected = []
-    for features, image_ctx in zip(image_features, ctx):
-        prompts = model.class_prompts.assemble(image_ctx)
-        assert prompts.shape[1] == 77
-        text = normalize(reference_text_features(clip_model, prompts, model.class_prompts.eot))
-        expected.append(model.logit_scale.exp() * features @ text.t())
-    expected = torch.stack(expected)
+    per_image = [model.class_prompts.assemble(image_ctx) for image_ctx in ctx]
+    assert all(prompts.shape[1] == 77 for prompts in per_image)
+    text = normalize(reference_text(clip_model, per_image, model.class_prompts.eot))
+    expected = model.logit_scale.exp() * torch.einsum("be,bce->bc", image_features, text)
     assert torch.allclose(logits, expected, atol=1e-5)
     assert_same_loss_gradients(logits, expected, labels, params)
 
 
 def test_cocoop_meta_net_is_cocoops_bottleneck(clip_model):
-    model = cocoop.CoCoOpCLIP(trainer_node(cocoop, "COCOOP"), CLASSNAMES, clip_model)
+    model = cocoop.CoCoOpCLIP(default_trainer_node(cocoop, "COCOOP"), CLASSNAMES, clip_model)
     net = model.prompt_learner.meta_net
     assert net.linear1.in_features == model.embed_dim
     assert net.linear1.out_features == model.embed_dim // 16
@@ -81,7 +62,7 @@ def test_cocoop_meta_net_is_cocoops_bottleneck(clip_model):
 
 @pytest.mark.parametrize("position", ["end", "middle", "front"])
 def test_coop_class_token_position(clip_model, images, position):
-    node = trainer_node(coop, "COOP", N_CTX=4, CLASS_TOKEN_POSITION=position)
+    node = default_trainer_node(coop, "COOP", N_CTX=4, CLASS_TOKEN_POSITION=position)
     model = coop.CoOpCLIP(node, CLASSNAMES, clip_model)
     ctx = torch.full((4, model.ctx_dim), 7.0)
     prompts = coop.place_class_name(model.class_prompts, ctx, position)
@@ -96,14 +77,14 @@ def test_coop_class_token_position(clip_model, images, position):
 
 
 def test_coop_class_specific_context(clip_model, images):
-    model = coop.CoOpCLIP(trainer_node(coop, "COOP", N_CTX=2, CSC=True), CLASSNAMES, clip_model)
+    model = coop.CoOpCLIP(default_trainer_node(coop, "COOP", N_CTX=2, CSC=True), CLASSNAMES, clip_model)
     assert model.prompt_learner.ctx.shape == (len(CLASSNAMES), 2, model.ctx_dim)
     model(images).sum().backward()
     assert model.prompt_learner.ctx.grad.abs().sum(dim=(1, 2)).gt(0).all()
 
 
 def test_coop_ctx_init_sets_the_context_length(clip_model):
-    model = coop.CoOpCLIP(trainer_node(coop, "COOP", CTX_INIT="a photo of a"), CLASSNAMES, clip_model)
+    model = coop.CoOpCLIP(default_trainer_node(coop, "COOP", CTX_INIT="a photo of a"), CLASSNAMES, clip_model)
     assert torch.equal(model.prompt_learner.ctx.data, model.class_prompts.ctx_init_vectors().float())
 
 
@@ -144,7 +125,7 @@ def test_bf16_casts_the_half_tensors_only(images):
     model = cast_clip(model, "bf16")
     for name, param in model.named_parameters():
         assert param.dtype == (torch.float32 if name in kept else torch.bfloat16)
-    cocoop_model = cocoop.CoCoOpCLIP(trainer_node(cocoop, "COCOOP", N_CTX=2), CLASSNAMES, model)
+    cocoop_model = cocoop.CoCoOpCLIP(default_trainer_node(cocoop, "COCOOP", N_CTX=2), CLASSNAMES, model)
     assert cocoop_model.prompt_learner.ctx.dtype == torch.float32
     logits = cocoop_model(images)
     assert torch.isfinite(logits.float()).all()

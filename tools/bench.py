@@ -34,10 +34,9 @@ import torch.nn.functional as F
 
 from clip.model import CLIP, build_model
 from clip.tiny import build_tiny_clip
-from dassl.config import get_cfg_default
 from dassl.utils import atomic_write
 from trainers import cocoop, mupl
-from trainers.common import cast_clip, freeze_all_but_prompt_learner
+from trainers.common import cast_clip, default_trainer_node, freeze_all_but_prompt_learner
 
 VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
                context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
@@ -58,14 +57,6 @@ def class_names(count):
     return [" ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(1 + i % 3)) + f" {i}" for i in range(count)]
 
 
-def node(module, name, **values):
-    cfg = get_cfg_default()
-    module.extend_cfg(cfg)
-    for key, value in values.items():
-        cfg.TRAINER[name][key] = value
-    return cfg.TRAINER[name]
-
-
 def build_clip(backbone, prec):
     torch.manual_seed(0)
     clip_model = build_tiny_clip("vit") if backbone == "tiny" else build_model(CLIP(**VIT_B16).state_dict())
@@ -75,8 +66,9 @@ def build_clip(backbone, prec):
 def build_models(clip_model, names, device):
     torch.manual_seed(0)
     models = {
-        "CoCoOp": cocoop.CoCoOpCLIP(node(cocoop, "COCOOP", N_CTX=4, CTX_INIT="a photo of a"), names, clip_model),
-        "MuPL": mupl.MuPLCLIP(node(mupl, "MUPL"), names, clip_model),
+        "CoCoOp": cocoop.CoCoOpCLIP(default_trainer_node(cocoop, "COCOOP", N_CTX=4, CTX_INIT="a photo of a"),
+                                    names, clip_model),
+        "MuPL": mupl.MuPLCLIP(default_trainer_node(mupl, "MUPL"), names, clip_model),
     }
     for model in models.values():
         model.to(device)
@@ -84,15 +76,21 @@ def build_models(clip_model, names, device):
     return models
 
 
+def reference_text(tower, per_image_prompts, eot):
+    """CoCoOp's repository's text path: each image's (C, 77, D) prompts through the whole text tower (all
+    77 positions, every row of the last block), read at EOT -> (B, C, E), not normalised. ``tower`` is a
+    CLIP model or a ``TextEncoder`` (the same attribute names)."""
+    features = []
+    for prompts in per_image_prompts:
+        x = tower.ln_final(tower.transformer(prompts + tower.positional_embedding.type(prompts.dtype)))
+        features.append(x[torch.arange(x.shape[0]), eot] @ tower.text_projection)
+    return torch.stack(features)
+
+
 def reference_instance_text(model, ctx):
-    """(B, n_ctx, D) -> (B, C, E) as CoCoOp's repository: per image, all C prompts at 77 tokens."""
-    tower, prompts = model.text_encoder, model.class_prompts
-    texts = []
-    for image_ctx in ctx:
-        x = prompts.assemble(image_ctx.type(model.dtype)) + tower.positional_embedding.type(model.dtype)
-        x = tower.ln_final(tower.transformer(x))
-        texts.append(F.normalize(x[torch.arange(x.shape[0]), prompts.eot] @ tower.text_projection, dim=-1))
-    return torch.stack(texts)
+    """(B, n_ctx, D) -> (B, C, E) normalised, each image's prompts assembled inside the loop as there."""
+    prompts = (model.class_prompts.assemble(image_ctx.type(model.dtype)) for image_ctx in ctx)
+    return F.normalize(reference_text(model.text_encoder, prompts, model.class_prompts.eot), dim=-1)
 
 
 def full_last_block(block, x, rows):

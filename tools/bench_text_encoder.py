@@ -16,19 +16,9 @@ import torch
 
 from clip.model import CLIP, build_model
 from clip.prompting import ClassPrompts, TextEncoder
-from tools.bench import VIT_B16, class_names, machine_name, measure
+from tools.bench import VIT_B16, class_names, machine_name, measure, reference_text
 
 N_CTX, CTX_INIT = 4, "a photo of a"
-
-
-def reference_text(clip_model, prompts, eot):
-    """(B, C, 77, D) -> (B, C, E): per image, all C prompts at 77 tokens through CLIP's text tower."""
-    features = []
-    for image_prompts in prompts:
-        x = clip_model.transformer(image_prompts + clip_model.positional_embedding)
-        x = clip_model.ln_final(x)
-        features.append(x[torch.arange(x.shape[0]), eot] @ clip_model.text_projection)
-    return torch.stack(features)
 
 
 @torch.no_grad()

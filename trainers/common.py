@@ -13,6 +13,7 @@ from yacs.config import CfgNode as CN
 
 import clip
 from clip.prompting import ClassPrompts, TextEncoder
+from dassl.config import get_cfg_default
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
@@ -36,6 +37,17 @@ def declare_trainer_node(cfg, name, **defaults):
     for key, value in defaults.items():
         node[key] = value
     cfg.TRAINER[name] = node
+    return node
+
+
+def default_trainer_node(trainer_module, name, **values):
+    """``cfg.TRAINER.<name>`` with the trainer's defaults, and ``values`` over them, outside a run: for
+    building a trainer's model directly (benchmarks, tests)."""
+    cfg = get_cfg_default()
+    trainer_module.extend_cfg(cfg)
+    node = cfg.TRAINER[name]
+    for key, value in values.items():
+        node[key] = value
     return node
 
 
