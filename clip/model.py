@@ -121,14 +121,15 @@ class VisionTransformer(nn.Module):
         if len(deep_prompts) >= len(self.transformer.resblocks):
             raise ValueError(f"at most {len(self.transformer.resblocks) - 1} deep prompt layers")
         x = self.ln_pre(x)
-        blocks = self.transformer.resblocks
-        for index, block in enumerate(blocks):
+        last = len(self.transformer.resblocks) - 1
+        for index, block in enumerate(self.transformer.resblocks):
             if 0 < index <= len(deep_prompts):
                 x = torch.cat([x[:, :-n_prompts], deep_prompts[index - 1].to(x.dtype)], dim=1)
-            if index < len(blocks) - 1:
+            if index < last:
                 x = block(x)
-        cls_rows = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        return self.ln_post(blocks[-1].forward_rows(x, cls_rows)) @ self.proj
+            else:  # only the class token is read
+                x = block.forward_rows(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+        return self.ln_post(x) @ self.proj
 
 
 class Bottleneck(nn.Module):

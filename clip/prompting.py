@@ -32,7 +32,8 @@ class TextEncoder(nn.Module):
         eot = eot.reshape(-1).to(x.device)
         features = []
         for start in range(0, x.shape[0], self.chunk_size):
-            at_eot = self.transformer(x[start : start + self.chunk_size], pooled_rows=eot[start : start + self.chunk_size])
+            chunk = slice(start, start + self.chunk_size)
+            at_eot = self.transformer(x[chunk], pooled_rows=eot[chunk])
             features.append(self.ln_final(at_eot) @ self.text_projection)
         return torch.cat(features).reshape(*leading, -1)
 

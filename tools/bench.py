@@ -16,7 +16,8 @@ resident just before its warm-up runs, so neither the model build nor another co
 ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. CPU (Linux, glibc): freed heap is
 handed back to the OS (``malloc_trim``), so nothing an earlier configuration freed can be reused unseen,
 then the kernel's resident high-water mark is restarted (``/proc/self/clear_refs`` "5") and read back as
-``ru_maxrss`` after the configuration's warm-up and timed runs. Elsewhere the CPU peak is reported as null.
+``ru_maxrss`` after the configuration's warm-up runs (the timed runs repeat them). Elsewhere the CPU peak
+is reported as null.
 """
 import argparse
 import contextlib
