@@ -23,6 +23,22 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+def causal_mask(query_rows, length, n_prefix=0):
+    """Which keys each query may see: all ``n_prefix`` shared prefix positions, then rows 0..r of its own
+    ``length``. ``query_rows`` (Lq,) gives a mask (Lq, P + L); (B, 1), one row per sequence, (B, 1, 1, P + L)."""
+    keys = torch.arange(-n_prefix, length, device=query_rows.device)
+    mask = keys <= query_rows[..., None]
+    return mask if query_rows.dim() == 1 else mask[:, None]
+
+
+def rowwise(layer, *tensors):
+    """``layer`` on the rows of all ``tensors`` (..., W) in one call, split back: one pass over its
+    weights instead of one per tensor, which matters when one of them has a handful of rows."""
+    sizes = [t.numel() // t.shape[-1] for t in tensors]
+    out = layer(torch.cat([t.reshape(-1, t.shape[-1]) for t in tensors]))
+    return [part.view(*t.shape[:-1], -1) for part, t in zip(out.split(sizes), tensors)]
+
+
 class ResidualAttentionBlock(nn.Module):
     def __init__(self, width, heads, causal=False):
         super().__init__()
@@ -39,36 +55,74 @@ class ResidualAttentionBlock(nn.Module):
         self.heads = heads
         self.causal = causal
 
+    def split_heads(self, projected, parts):
+        """(B, L, parts * W) -> ``parts`` tensors (B, heads, L, W // heads)."""
+        batch, length = projected.shape[:2]
+        return projected.view(batch, length, parts, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def merge_heads(self, out):
+        """(B, heads, L, W // heads) -> (B, L, W)."""
+        return out.transpose(1, 2).flatten(2)
+
+    def projections(self, x, which):
+        """``x`` normalised by ``ln_1``, projected to queries ("q"), keys and values ("kv") or all three."""
+        width = x.shape[-1]
+        rows = {"qkv": slice(None), "q": slice(0, width), "kv": slice(width, None)}[which]
+        return F.linear(x, self.attn.in_proj_weight[rows], self.attn.in_proj_bias[rows])
+
     def attention(self, x, rows=None):
-        """Self-attention over ``x`` (B, L, W); with ``rows`` (B,), only the query at one row per sequence."""
-        batch, length, width = x.shape
-        head_dim = width // self.heads
+        """Self-attention over ``x`` (B, L, W), normalised; with ``rows`` (B,), only the query at one row
+        per sequence, -> (B, W)."""
+        batch, length, _ = x.shape
         if rows is None:
-            qkv = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias)
-            q, k, v = qkv.view(batch, length, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-            return self.attn.out_proj(out.transpose(1, 2).reshape(batch, length, width))
-        w_q, w_kv = self.attn.in_proj_weight.split([width, 2 * width])
-        b_q, b_kv = self.attn.in_proj_bias.split([width, 2 * width])
-        query = x[torch.arange(batch, device=x.device), rows]
-        q = F.linear(query, w_q, b_q).view(batch, self.heads, 1, head_dim)
-        k, v = F.linear(x, w_kv, b_kv).view(batch, length, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)
-        mask = None
-        if self.causal:  # the query at row r sees keys 0..r, as in the full causal pass
-            mask = (torch.arange(length, device=x.device) <= rows[:, None])[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.attn.out_proj(out.reshape(batch, width))
+            q, k, v = self.split_heads(self.projections(x, "qkv"), 3)
+            return self.attn.out_proj(self.merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)))
+        (q,) = self.split_heads(self.projections(x[torch.arange(batch, device=x.device), rows][:, None], "q"), 1)
+        k, v = self.split_heads(self.projections(x, "kv"), 2)
+        mask = causal_mask(rows[:, None], length) if self.causal else None
+        return self.attn.out_proj(self.merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))[:, 0])
 
     def forward(self, x):
         x = x + self.attention(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
-    def forward_rows(self, x, rows):
+    def forward_rows(self, x, rows, prefix=None):
         """The block's output at one row per sequence (B, W): all a pooled readout needs from the last
-        block, for the keys and values of every row plus one query and one MLP row."""
+        block, for the keys and values of every row plus one query and one MLP row. ``prefix``: see
+        ``forward_after_prefix``."""
         picked = x[torch.arange(x.shape[0], device=x.device), rows]
-        picked = picked + self.attention(self.ln_1(x), rows)
+        if prefix is None:
+            picked = picked + self.attention(self.ln_1(x), rows)
+        else:
+            kv_prefix, kv = rowwise(lambda r: self.projections(self.ln_1(r), "kv"), prefix, x)
+            (q,) = self.split_heads(self.projections(self.ln_1(picked[:, None]), "q"), 1)
+            k, v = self.after_prefix(self.split_heads(kv_prefix, 2), self.split_heads(kv, 2))
+            mask = causal_mask(rows[:, None], x.shape[1], prefix.shape[1])
+            out = self.merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))[:, 0]
+            picked = picked + self.attn.out_proj(out)
         return picked + self.mlp(self.ln_2(picked))
+
+    def forward_after_prefix(self, x, prefix):
+        """One block on sequences that share their start (causal blocks only): ``prefix`` (G, P, W), the
+        first P positions of B // G consecutive sequences of ``x`` (B, L, W), which holds the positions after
+        them. -> (x, prefix), both advanced. The prefix is attended to from every row of ``x`` but computed
+        once per group; row-wise layers take the rows of both in one call."""
+        if not self.causal:
+            raise ValueError("a shared prefix needs causal attention: it must not see what follows")
+        qkv_prefix, qkv = rowwise(lambda r: self.projections(self.ln_1(r), "qkv"), prefix, x)
+        q_prefix, *kv_prefix = self.split_heads(qkv_prefix, 3)
+        q, *kv = self.split_heads(qkv, 3)
+        out_prefix = F.scaled_dot_product_attention(q_prefix, *kv_prefix, is_causal=True)
+        mask = causal_mask(torch.arange(x.shape[1], device=x.device), x.shape[1], prefix.shape[1])
+        out = F.scaled_dot_product_attention(q, *self.after_prefix(kv_prefix, kv), attn_mask=mask)
+        attn_prefix, attn = rowwise(self.attn.out_proj, self.merge_heads(out_prefix), self.merge_heads(out))
+        return rowwise(lambda r: r + self.mlp(self.ln_2(r)), x + attn, prefix + attn_prefix)
+
+    @staticmethod
+    def after_prefix(kv_prefix, kv):
+        """Keys and values (B, H, L, d) of each sequence with its group's prefix (G, H, P, d) in front."""
+        group = kv[0].shape[0] // kv_prefix[0].shape[0]
+        return [torch.cat([shared.repeat_interleave(group, dim=0), own], dim=2) for shared, own in zip(kv_prefix, kv)]
 
 
 class Transformer(nn.Module):
@@ -80,13 +134,24 @@ class Transformer(nn.Module):
         self.layers = layers
         self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
 
-    def forward(self, x, pooled_rows=None):
-        """(B, L, W) -> (B, L, W); with ``pooled_rows`` (B,), the last block's output at those rows (B, W)."""
-        if pooled_rows is None:
+    def forward(self, x, pooled_rows=None, prefix=None):
+        """(B, L, W) -> (B, L, W); with ``pooled_rows`` (B,), the last block's output at those rows (B, W).
+
+        ``prefix`` (G, P, W), causal stacks only: the first P positions, shared by B // G consecutive
+        sequences of ``x``, which holds the positions after them. The prefix runs once per group instead of
+        once per sequence, and ``x``'s outputs are those of the full sequences.
+        """
+        if pooled_rows is None and prefix is None:
             return self.resblocks(x)
-        for block in self.resblocks[:-1]:
-            x = block(x)
-        return self.resblocks[-1].forward_rows(x, pooled_rows)
+        *body, last = self.resblocks
+        for block in body:
+            if prefix is None:
+                x = block(x)
+            else:
+                x, prefix = block.forward_after_prefix(x, prefix)
+        if pooled_rows is None:
+            return last.forward_after_prefix(x, prefix)[0]
+        return last.forward_rows(x, pooled_rows, prefix)
 
 
 class VisionTransformer(nn.Module):

@@ -4,7 +4,9 @@
 ``[SOS] ctx_1 .. ctx_M classname . [EOT]``; ``TextEncoder`` runs assembled prompts through CLIP's text
 transformer. Because that transformer is causal and the feature is read at EOT, every position after
 the longest EOT is cut before it runs (the output is identical), and any number of prompt sets
-(B images x C classes) go through in chunked calls.
+(B images x C classes) go through in chunked calls. For the same reason ``[SOS] ctx_1 .. ctx_M``, the
+same in all C prompts of an image, can run once per image instead of once per class
+(``encode_shared_prefix``).
 """
 import torch
 from torch import nn
@@ -36,6 +38,40 @@ class TextEncoder(nn.Module):
             at_eot = self.transformer(x[chunk], pooled_rows=eot[chunk])
             features.append(self.ln_final(at_eot) @ self.text_projection)
         return torch.cat(features).reshape(*leading, -1)
+
+    def encode_shared_prefix(self, prefix, suffix, eot):
+        """Prompts ``prefix[g] + suffix[c]`` for every g, c -> features (G, C, E).
+
+        ``prefix`` (G, P, D) token embeddings of the positions every class shares (one row per image),
+        ``suffix`` (C, L - P, D) those of each class after them, ``eot`` (C,) EOT positions in the whole
+        prompt. Each prefix runs through the tower once, not once per class; the features are those of the
+        assembled prompts. Chunks hold whole images of at most ``chunk_size`` prompts, or part of one image's
+        classes when it has more.
+        """
+        n_prefix = prefix.shape[1]
+        length = int(eot.max()) + 1
+        if int(eot.min()) < n_prefix:
+            raise ValueError(f"every EOT must come after the {n_prefix} shared prefix positions")
+        dtype = self.text_projection.dtype
+        positions = self.positional_embedding.type(dtype)
+        prefix = prefix.type(dtype) + positions[:n_prefix]
+        suffix = suffix[:, : length - n_prefix].type(dtype) + positions[n_prefix:length]
+        rows = eot.to(suffix.device) - n_prefix
+        n_images, n_classes = prefix.shape[0], suffix.shape[0]
+        images_per_chunk = max(1, self.chunk_size // n_classes)
+        classes_per_chunk = min(n_classes, self.chunk_size)
+        features = []
+        for first_image in range(0, n_images, images_per_chunk):
+            shared = prefix[first_image : first_image + images_per_chunk]
+            per_image = []
+            for first_class in range(0, n_classes, classes_per_chunk):
+                own = suffix[first_class : first_class + classes_per_chunk]
+                x = own.expand(shared.shape[0], *own.shape).reshape(-1, *own.shape[1:])
+                pooled_rows = rows[first_class : first_class + classes_per_chunk].repeat(shared.shape[0])
+                at_eot = self.ln_final(self.transformer(x, pooled_rows=pooled_rows, prefix=shared))
+                per_image.append((at_eot @ self.text_projection).view(len(shared), len(own), -1))
+            features.append(torch.cat(per_image, dim=1))
+        return torch.cat(features)
 
 
 class ClassPrompts(nn.Module):
@@ -71,6 +107,12 @@ class ClassPrompts(nn.Module):
         if self._init_vectors is None:
             raise ValueError("ClassPrompts was built without ctx_init")
         return self._init_vectors
+
+    def shared_prefix(self, ctx):
+        """``[SOS] ctx`` for each image, (B, n_ctx, D) -> (B, 1 + n_ctx, D): what all its C prompts share
+        when the class name comes last (``token_suffix`` holds the rest)."""
+        sos = self.token_prefix[:1].type(ctx.dtype)
+        return torch.cat([sos.expand(ctx.shape[0], -1, -1), ctx], dim=1)
 
     def assemble(self, ctx, batched=False):
         """ctx (n_ctx, D) or (C, n_ctx, D) -> (C, L, D); with ``batched``, (B, n_ctx, D) -> (B, C, L, D)."""

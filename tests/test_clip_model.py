@@ -89,6 +89,38 @@ def test_truncated_batched_text_encoder_equals_the_77_token_loop():
     assert batched.shape == (3, 3, 32)
 
 
+@pytest.mark.parametrize("chunk_size", [2, 3, 64])
+def test_shared_prefix_text_path_equals_the_77_token_loop_in_values_and_gradients(chunk_size):
+    """Each image's [SOS] ctx runs once for all its classes; features and the gradient reaching ctx must be
+    those of every prompt assembled and run whole. chunk_size 2 splits one image's classes across chunks,
+    3 holds exactly one image, 64 all of them."""
+    model = build_tiny_clip().float()
+    names = ["cat", "golden_retriever", "a very long class name with many words in it"]
+    prompts = ClassPrompts(model, names, n_ctx=4)
+    encoder = TextEncoder(model, chunk_size=chunk_size)
+    ctx = torch.randn(3, 4, 64, requires_grad=True)
+    weights = torch.randn(3, 3, 32)
+    shared = encoder.encode_shared_prefix(prompts.shared_prefix(ctx), prompts.token_suffix, prompts.eot)
+    loop = reference_text(model, (prompts.assemble(image_ctx) for image_ctx in ctx), prompts.eot)
+    assert shared.shape == (3, 3, 32)
+    assert torch.allclose(shared, loop, atol=1e-5)
+    (grad_shared,) = torch.autograd.grad((shared * weights).sum(), ctx)
+    (grad_loop,) = torch.autograd.grad((loop * weights).sum(), ctx)
+    assert grad_loop.abs().max() > 0
+    assert torch.allclose(grad_shared, grad_loop, atol=1e-5)
+
+
+def test_a_shared_prefix_gives_every_row_of_the_full_causal_sequences():
+    torch.manual_seed(0)
+    tower = build_tiny_clip().float().transformer
+    prefix, suffix = torch.randn(2, 3, 64), torch.randn(2 * 4, 5, 64)  # 2 groups of 4 sequences
+    whole = torch.cat([prefix.repeat_interleave(4, dim=0), suffix], dim=1)
+    with torch.no_grad():
+        assert torch.allclose(tower(suffix, prefix=prefix), tower(whole)[:, 3:], atol=1e-5)
+    with pytest.raises(ValueError, match="needs causal attention"):
+        ResidualAttentionBlock(width=32, heads=4).forward_after_prefix(torch.randn(2, 3, 32), torch.randn(1, 2, 32))
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_last_block_at_pooled_rows_equals_the_full_block_and_its_gradients(causal):
     """The readout computes one query and one MLP row per sequence in the last block; the values and the

@@ -76,6 +76,21 @@ def test_coop_class_token_position(clip_model, images, position):
     assert model(images).shape == (BATCH, len(CLASSNAMES))
 
 
+def test_coop_shared_context_gives_the_assembled_prompts_features_and_gradients(clip_model):
+    """With one context and the class name last, [SOS] ctx runs once for all classes (the fast path); the
+    features and the gradient reaching ctx must be those of every prompt assembled and run whole."""
+    model = coop.CoOpCLIP(default_trainer_node(coop, "COOP", N_CTX=4), CLASSNAMES, clip_model)
+    ctx = model.prompt_learner.ctx
+    weights = torch.randn(len(CLASSNAMES), model.embed_dim)
+    fast = model.class_text()
+    whole = model.encode_prompts(model.class_prompts.assemble(ctx), model.class_prompts.eot)
+    assert torch.allclose(fast, whole, atol=1e-5)
+    (grad_fast,) = torch.autograd.grad((fast * weights).sum(), ctx)
+    (grad_whole,) = torch.autograd.grad((whole * weights).sum(), ctx)
+    assert grad_whole.abs().max() > 0
+    assert torch.allclose(grad_fast, grad_whole, atol=1e-5)
+
+
 def test_coop_class_specific_context(clip_model, images):
     model = coop.CoOpCLIP(default_trainer_node(coop, "COOP", N_CTX=2, CSC=True), CLASSNAMES, clip_model)
     assert model.prompt_learner.ctx.shape == (len(CLASSNAMES), 2, model.ctx_dim)

@@ -218,10 +218,11 @@ class PromptedCLIP(torch.nn.Module):
         return normalize(self.text_encoder(prompts.type(self.dtype), eot))
 
     def encode_instance_text(self, ctx):
-        """(B, n_ctx, D) per-image context -> (B, C, E): all B x C prompts in one (chunked) call."""
-        prompts = self.class_prompts.assemble(ctx.type(self.dtype), batched=True)
-        eot = self.class_prompts.eot.expand(ctx.shape[0], -1)
-        return self.encode_prompts(prompts, eot)
+        """(B, n_ctx, D) per-image context -> (B, C, E): all B x C prompts in one (chunked) call, each
+        image's ``[SOS] ctx`` run once for all its classes."""
+        prefix = self.class_prompts.shared_prefix(ctx.type(self.dtype))
+        text = self.text_encoder.encode_shared_prefix(prefix, self.class_prompts.token_suffix, self.class_prompts.eot)
+        return normalize(text)
 
     def training_loss(self, image, label):
         logits = self(image)

@@ -59,11 +59,16 @@ class CoOpCLIP(PromptedCLIP):
         self.prompt_learner = CoOpPromptLearner(ctx)
         self.position = coop_cfg.CLASS_TOKEN_POSITION
 
-    def forward(self, image):
+    def class_text(self):
+        """(C, E) normalised features of the learned prompts."""
         ctx = self.prompt_learner.ctx.type(self.dtype)
+        if self.position == "end" and ctx.dim() == 2:  # every class shares [SOS] ctx: it runs once
+            return self.encode_instance_text(ctx[None])[0]
         prompts = place_class_name(self.class_prompts, ctx, self.position)
-        text = self.encode_prompts(prompts, self.class_prompts.eot)
-        return self.logit_scale.exp() * self.encode_image(image) @ text.t()
+        return self.encode_prompts(prompts, self.class_prompts.eot)
+
+    def forward(self, image):
+        return self.logit_scale.exp() * self.encode_image(image) @ self.class_text().t()
 
 
 @TRAINER_REGISTRY.register()
