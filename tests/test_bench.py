@@ -58,3 +58,19 @@ def test_quick_tiny_run_writes_one_record_per_configuration(tmp_path):
             assert abs(row["ratio_to_reference"] * row["speedup_vs_reference"] - 1) < 1e-9
     table = (tmp_path / "bench.md").read_text()
     assert table.count("\n| ") == len(rows) + 1  # header and one line per record
+
+
+def test_text_encoder_bench_checks_and_times_all_three_text_paths():
+    """It exits non-zero if the truncated or the shared-prefix features differ from the 77-token ones."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.bench_text_encoder", "--quick", "--backbone", "tiny", "--classes", "7", "30"],
+        cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=300,
+    )
+    rows = [line.strip("|").split("|") for line in result.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [int(row[0]) for row in rows] == [7, 30]
+    for row in rows:
+        ref_ms, truncated_ms, shared_ms = (float(cell) for cell in row[2:5])
+        assert min(ref_ms, truncated_ms, shared_ms) > 0
+        # the speedup is reference over shared prefix; the printed ms are rounded to 0.1
+        assert abs(float(row[5].rstrip("x ")) / (ref_ms / shared_ms) - 1) < 0.1
