@@ -107,8 +107,6 @@ class ResidualAttentionBlock(nn.Module):
         first P positions of B // G consecutive sequences of ``x`` (B, L, W), which holds the positions after
         them. -> (x, prefix), both advanced. The prefix is attended to from every row of ``x`` but computed
         once per group; row-wise layers take the rows of both in one call."""
-        if not self.causal:
-            raise ValueError("a shared prefix needs causal attention: it must not see what follows")
         qkv_prefix, qkv = rowwise(lambda r: self.projections(self.ln_1(r), "qkv"), prefix, x)
         q_prefix, *kv_prefix = self.split_heads(qkv_prefix, 3)
         q, *kv = self.split_heads(qkv, 3)
@@ -118,9 +116,10 @@ class ResidualAttentionBlock(nn.Module):
         attn_prefix, attn = rowwise(self.attn.out_proj, self.merge_heads(out_prefix), self.merge_heads(out))
         return rowwise(lambda r: r + self.mlp(self.ln_2(r)), x + attn, prefix + attn_prefix)
 
-    @staticmethod
-    def after_prefix(kv_prefix, kv):
+    def after_prefix(self, kv_prefix, kv):
         """Keys and values (B, H, L, d) of each sequence with its group's prefix (G, H, P, d) in front."""
+        if not self.causal:
+            raise ValueError("a shared prefix needs causal attention: it must not see what follows")
         group = kv[0].shape[0] // kv_prefix[0].shape[0]
         return [torch.cat([shared.repeat_interleave(group, dim=0), own], dim=2) for shared, own in zip(kv_prefix, kv)]
 

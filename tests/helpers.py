@@ -66,3 +66,15 @@ def assert_same_loss_gradients(logits, expected, labels, params, atol=1e-5):
     for grad, expected_grad in zip(grads, expected_grads):
         assert grad.abs().max() > 0
         assert torch.allclose(grad, expected_grad, atol=atol)
+
+
+def assert_same_values_and_gradients(fast, reference, inputs, atol=1e-5):
+    """A fast path must give the reference's values, and the same non-zero gradient reaching ``inputs``
+    for a random linear read-out of them."""
+    assert fast.shape == reference.shape
+    assert torch.allclose(fast, reference, atol=atol)
+    weights = torch.randn(fast.shape, generator=torch.Generator().manual_seed(0))
+    (grad_fast,) = torch.autograd.grad((fast * weights).sum(), inputs)
+    (grad_reference,) = torch.autograd.grad((reference * weights).sum(), inputs)
+    assert grad_reference.abs().max() > 0
+    assert torch.allclose(grad_fast, grad_reference, atol=atol)
