@@ -70,17 +70,10 @@ class ResidualAttentionBlock(nn.Module):
         rows = {"qkv": slice(None), "q": slice(0, width), "kv": slice(width, None)}[which]
         return F.linear(x, self.attn.in_proj_weight[rows], self.attn.in_proj_bias[rows])
 
-    def attention(self, x, rows=None):
-        """Self-attention over ``x`` (B, L, W), normalised; with ``rows`` (B,), only the query at one row
-        per sequence, -> (B, W)."""
-        batch, length, _ = x.shape
-        if rows is None:
-            q, k, v = self.split_heads(self.projections(x, "qkv"), 3)
-            return self.attn.out_proj(self.merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)))
-        (q,) = self.split_heads(self.projections(x[torch.arange(batch, device=x.device), rows][:, None], "q"), 1)
-        k, v = self.split_heads(self.projections(x, "kv"), 2)
-        mask = causal_mask(rows[:, None], length) if self.causal else None
-        return self.attn.out_proj(self.merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))[:, 0])
+    def attention(self, x):
+        """Self-attention over every row of ``x`` (B, L, W), normalised by ``ln_1``."""
+        q, k, v = self.split_heads(self.projections(x, "qkv"), 3)
+        return self.attn.out_proj(self.merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)))
 
     def forward(self, x):
         x = x + self.attention(self.ln_1(x))
@@ -90,17 +83,20 @@ class ResidualAttentionBlock(nn.Module):
         """The block's output at one row per sequence (B, W): all a pooled readout needs from the last
         block, for the keys and values of every row plus one query and one MLP row. ``prefix``: see
         ``forward_after_prefix``."""
-        picked = x[torch.arange(x.shape[0], device=x.device), rows]
+        batch, length, _ = x.shape
+        normed = self.ln_1(x)
+        picked = torch.arange(batch, device=x.device), rows
+        (q,) = self.split_heads(self.projections(normed[picked][:, None], "q"), 1)
         if prefix is None:
-            picked = picked + self.attention(self.ln_1(x), rows)
+            k, v = self.split_heads(self.projections(normed, "kv"), 2)
         else:
-            kv_prefix, kv = rowwise(lambda r: self.projections(self.ln_1(r), "kv"), prefix, x)
-            (q,) = self.split_heads(self.projections(self.ln_1(picked[:, None]), "q"), 1)
+            kv_prefix, kv = rowwise(lambda r: self.projections(r, "kv"), self.ln_1(prefix), normed)
             k, v = self.after_prefix(self.split_heads(kv_prefix, 2), self.split_heads(kv, 2))
-            mask = causal_mask(rows[:, None], x.shape[1], prefix.shape[1])
-            out = self.merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))[:, 0]
-            picked = picked + self.attn.out_proj(out)
-        return picked + self.mlp(self.ln_2(picked))
+        n_prefix = 0 if prefix is None else prefix.shape[1]
+        mask = causal_mask(rows[:, None], length, n_prefix) if self.causal else None
+        out = self.merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))[:, 0]
+        x = x[picked] + self.attn.out_proj(out)
+        return x + self.mlp(self.ln_2(x))
 
     def forward_after_prefix(self, x, prefix):
         """One block on sequences that share their start (causal blocks only): ``prefix`` (G, P, W), the

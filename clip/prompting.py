@@ -24,13 +24,18 @@ class TextEncoder(nn.Module):
         self.text_projection = clip_model.text_projection
         self.chunk_size = chunk_size
 
+    def at_positions(self, embeddings, start=0):
+        """Token embeddings (..., L, D) in the tower's dtype, plus the positional embedding of positions
+        ``start`` .. ``start + L - 1``."""
+        dtype = self.text_projection.dtype
+        length = embeddings.shape[-2]
+        return embeddings.type(dtype) + self.positional_embedding[start : start + length].type(dtype)
+
     def forward(self, prompts, eot):
         """``prompts`` (..., L, D) token embeddings, ``eot`` (...) EOT positions -> (..., E)."""
         leading = prompts.shape[:-2]
         length = int(eot.max()) + 1
-        dtype = self.text_projection.dtype
-        x = prompts.reshape(-1, *prompts.shape[-2:])[:, :length].type(dtype)
-        x = x + self.positional_embedding[:length].type(dtype)
+        x = self.at_positions(prompts.reshape(-1, *prompts.shape[-2:])[:, :length])
         eot = eot.reshape(-1).to(x.device)
         features = []
         for start in range(0, x.shape[0], self.chunk_size):
@@ -52,10 +57,8 @@ class TextEncoder(nn.Module):
         length = int(eot.max()) + 1
         if int(eot.min()) < n_prefix:
             raise ValueError(f"every EOT must come after the {n_prefix} shared prefix positions")
-        dtype = self.text_projection.dtype
-        positions = self.positional_embedding.type(dtype)
-        prefix = prefix.type(dtype) + positions[:n_prefix]
-        suffix = suffix[:, : length - n_prefix].type(dtype) + positions[n_prefix:length]
+        prefix = self.at_positions(prefix)
+        suffix = self.at_positions(suffix[:, : length - n_prefix], start=n_prefix)
         rows = eot.to(suffix.device) - n_prefix
         n_images, n_classes = prefix.shape[0], suffix.shape[0]
         images_per_chunk = max(1, self.chunk_size // n_classes)
