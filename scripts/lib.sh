@@ -19,12 +19,11 @@ die() {
     exit 1
 }
 
+# The recipe a trainer runs when no CFG is given: configs/trainers/<TRAINER>/default_cfg.txt.
 default_cfg() {
-    case "$1" in
-        CoOp) echo "vit_b16_ctxv1" ;;
-        ZeroshotCLIP) echo "vit_b16" ;;
-        *) echo "vit_b16_c4_ep10_batch1_ctxv1" ;;
-    esac
+    local file="$REPO/configs/trainers/$1/default_cfg.txt"
+    [[ -f "$file" ]] || die "unknown trainer '$1': no $file (trainers: $(ls "$REPO/configs/trainers" | tr '\n' ' '))"
+    tr -d '[:space:]' < "$file"
 }
 
 # True when $1 is a config KEY (they all contain a dot), i.e. not an optional TRAINER or CFG argument.
