@@ -1,8 +1,12 @@
 """CLIP's image and text towers, with OpenAI's parameter names so official weights load strictly.
 
-Written batch-first around ``scaled_dot_product_attention``. The image encoder takes optional visual
-prompt tokens (appended after the positional embedding, before ``ln_pre``) and per-layer replacement
-prompts, the one entry point every visual-prompt method in this project uses.
+Every module code written against OpenAI's ``clip`` calls keeps OpenAI's tensor layout: ``Transformer``
+and ``ResidualAttentionBlock`` take sequence-first (L, N, W) tensors, so a CoOp-style text encoder
+(permute, call ``transformer``, permute back) gets OpenAI's numbers. The project's own paths run
+batch-first around ``scaled_dot_product_attention`` through the ``*_batch_first`` / ``forward_rows`` /
+``forward_after_prefix`` methods. Prompts enter in one place: the image encoder takes visual prompt tokens
+(appended after the positional embedding, before ``ln_pre``), and both towers take deep prompts that
+replace the prompt positions at the input of layers 1 .. J-1 (``Transformer.forward_batch_first``).
 """
 from collections import OrderedDict
 
@@ -31,6 +35,33 @@ def causal_mask(query_rows, length, n_prefix=0):
     return mask if query_rows.dim() == 1 else mask[:, None]
 
 
+def causal_from_mask(attn_mask):
+    """OpenAI passes the text tower a (L, L) mask that hides later positions. The fused kernels here run
+    that mask as ``is_causal``; any other mask would be silently ignored, so it is refused."""
+    if attn_mask is None:
+        return False
+    length = attn_mask.shape[-1]
+    hidden = torch.ones(length, length, dtype=torch.bool).triu(1)
+    expected = hidden if attn_mask.dtype == torch.bool else torch.zeros(length, length).masked_fill(hidden, -torch.inf)
+    mask = attn_mask.detach().cpu().to(expected.dtype)
+    if mask.shape != expected.shape or not torch.equal(mask, expected):
+        raise ValueError("attn_mask must be None or the causal (L, L) mask of OpenAI's text tower; this CLIP "
+                         "runs attention through fused kernels that support no other mask")
+    return True
+
+
+def replace_rows(x, start, rows):
+    """``x`` (B, L, W) with positions ``start`` .. ``start + P - 1`` replaced by ``rows``, (P, W) shared by
+    every sequence or (B, P, W)."""
+    rows = rows.to(x.dtype)
+    if rows.dim() == 2:
+        rows = rows.expand(x.shape[0], -1, -1)
+    end = start + rows.shape[1]
+    if start < 1 or end > x.shape[1]:
+        raise ValueError(f"prompt positions {start}..{end - 1} do not fit a sequence of {x.shape[1]}")
+    return torch.cat([x[:, :start], rows, x[:, end:]], dim=1)
+
+
 def rowwise(layer, *tensors):
     """``layer`` on the rows of all ``tensors`` (..., W) in one call, split back: one pass over its
     weights instead of one per tensor, which matters when one of them has a handful of rows."""
@@ -40,20 +71,40 @@ def rowwise(layer, *tensors):
 
 
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width, heads, causal=False):
+    """OpenAI's block. ``forward`` and ``attention`` take OpenAI's sequence-first (L, N, W) tensors; the
+    batch-first methods below are what the project's own paths call."""
+
+    def __init__(self, d_model, n_head, attn_mask=None):
         super().__init__()
         # nn.MultiheadAttention only holds the parameters (in_proj_*, out_proj), named as OpenAI's.
-        self.attn = nn.MultiheadAttention(width, heads)
-        self.ln_1 = LayerNorm(width)
+        self.attn = nn.MultiheadAttention(d_model, n_head)
+        self.ln_1 = LayerNorm(d_model)
         self.mlp = nn.Sequential(
             OrderedDict(
-                [("c_fc", nn.Linear(width, width * 4)), ("gelu", QuickGELU()),
-                 ("c_proj", nn.Linear(width * 4, width))]
+                [("c_fc", nn.Linear(d_model, d_model * 4)), ("gelu", QuickGELU()),
+                 ("c_proj", nn.Linear(d_model * 4, d_model))]
             )
         )
-        self.ln_2 = LayerNorm(width)
-        self.heads = heads
-        self.causal = causal
+        self.ln_2 = LayerNorm(d_model)
+        self.heads = n_head
+        self.attn_mask = attn_mask
+
+    @property
+    def attn_mask(self):
+        return self._attn_mask
+
+    @attn_mask.setter
+    def attn_mask(self, mask):
+        self.causal = causal_from_mask(mask)
+        self._attn_mask = mask
+
+    def forward(self, x):
+        """(L, N, W) -> (L, N, W), OpenAI's layout."""
+        return self.forward_batch_first(x.transpose(0, 1)).transpose(0, 1)
+
+    def attention(self, x):
+        """Self-attention of ``x`` (L, N, W), already normalised by ``ln_1``; OpenAI's layout."""
+        return self.self_attention(x.transpose(0, 1)).transpose(0, 1)
 
     def split_heads(self, projected, parts):
         """(B, L, parts * W) -> ``parts`` tensors (B, heads, L, W // heads)."""
@@ -70,13 +121,13 @@ class ResidualAttentionBlock(nn.Module):
         rows = {"qkv": slice(None), "q": slice(0, width), "kv": slice(width, None)}[which]
         return F.linear(x, self.attn.in_proj_weight[rows], self.attn.in_proj_bias[rows])
 
-    def attention(self, x):
+    def self_attention(self, x):
         """Self-attention over every row of ``x`` (B, L, W), normalised by ``ln_1``."""
         q, k, v = self.split_heads(self.projections(x, "qkv"), 3)
         return self.attn.out_proj(self.merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)))
 
-    def forward(self, x):
-        x = x + self.attention(self.ln_1(x))
+    def forward_batch_first(self, x):
+        x = x + self.self_attention(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
     def forward_rows(self, x, rows, prefix=None):
@@ -121,32 +172,44 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A stack of residual attention blocks on (batch, length, width) tensors."""
+    """A stack of residual attention blocks. ``forward`` is OpenAI's (L, N, W) call; the project's paths
+    use ``forward_batch_first``."""
 
-    def __init__(self, width, layers, heads, causal=False):
+    def __init__(self, width, layers, heads, attn_mask=None):
         super().__init__()
         self.width = width
         self.layers = layers
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, attn_mask) for _ in range(layers)])
 
-    def forward(self, x, pooled_rows=None, prefix=None):
+    def forward(self, x):
+        """(L, N, W) -> (L, N, W), OpenAI's layout."""
+        return self.forward_batch_first(x.transpose(0, 1)).transpose(0, 1)
+
+    def forward_batch_first(self, x, pooled_rows=None, prefix=None, deep_prompts=(), prompt_start=1):
         """(B, L, W) -> (B, L, W); with ``pooled_rows`` (B,), the last block's output at those rows (B, W).
 
         ``prefix`` (G, P, W), causal stacks only: the first P positions, shared by B // G consecutive
         sequences of ``x``, which holds the positions after them. The prefix runs once per group instead of
         once per sequence, and ``x``'s outputs are those of the full sequences.
+        ``deep_prompts[i]`` ((P, W) or one per sequence) replaces the P positions from ``prompt_start`` at the
+        input of layer i + 1; with a ``prefix`` those positions lie in it.
         """
-        if pooled_rows is None and prefix is None:
-            return self.resblocks(x)
-        *body, last = self.resblocks
-        for block in body:
+        deep_prompts = list(deep_prompts or ())
+        if len(deep_prompts) >= self.layers:
+            raise ValueError(f"at most {self.layers - 1} deep prompt layers")
+        for index, block in enumerate(self.resblocks):
+            if 0 < index <= len(deep_prompts):
+                if prefix is None:
+                    x = replace_rows(x, prompt_start, deep_prompts[index - 1])
+                else:
+                    prefix = replace_rows(prefix, prompt_start, deep_prompts[index - 1])
+            if index == self.layers - 1 and pooled_rows is not None:
+                return block.forward_rows(x, pooled_rows, prefix)
             if prefix is None:
-                x = block(x)
+                x = block.forward_batch_first(x)
             else:
                 x, prefix = block.forward_after_prefix(x, prefix)
-        if pooled_rows is None:
-            return last.forward_after_prefix(x, prefix)[0]
-        return last.forward_rows(x, pooled_rows, prefix)
+        return x
 
 
 class VisionTransformer(nn.Module):
@@ -166,29 +229,22 @@ class VisionTransformer(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
     def forward(self, x, prompts=None, deep_prompts=None):
-        """``prompts`` (B, P, width) join the sequence after the patches; ``deep_prompts[i]`` (B, P, width)
-        replaces them at the input of layer i + 1. Prompt outputs never reach ``ln_post``."""
+        """Images (N, 3, H, W) -> (N, output_dim). ``prompts`` ((P, width) or (N, P, width)) join the sequence
+        after the patches; ``deep_prompts[i]`` replaces them at the input of layer i + 1. Prompt outputs
+        never reach ``ln_post``."""
         x = self.conv1(x).flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        n_prompts = 0
+        n_tokens = x.shape[1]
         if prompts is not None:
-            n_prompts = prompts.shape[1]
-            x = torch.cat([x, prompts.to(x.dtype)], dim=1)
-        deep_prompts = list(deep_prompts or [])
-        if deep_prompts and not n_prompts:
+            prompts = prompts.to(x.dtype)
+            x = torch.cat([x, prompts.expand(x.shape[0], -1, -1) if prompts.dim() == 2 else prompts], dim=1)
+        if deep_prompts and x.shape[1] == n_tokens:
             raise ValueError("deep_prompts need input prompts to replace")
-        if len(deep_prompts) >= len(self.transformer.resblocks):
-            raise ValueError(f"at most {len(self.transformer.resblocks) - 1} deep prompt layers")
         x = self.ln_pre(x)
-        last = len(self.transformer.resblocks) - 1
-        for index, block in enumerate(self.transformer.resblocks):
-            if 0 < index <= len(deep_prompts):
-                x = torch.cat([x[:, :-n_prompts], deep_prompts[index - 1].to(x.dtype)], dim=1)
-            if index < last:
-                x = block(x)
-            else:  # only the class token is read
-                x = block.forward_rows(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+        class_token = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        x = self.transformer.forward_batch_first(x, pooled_rows=class_token, deep_prompts=deep_prompts,
+                                                 prompt_start=n_tokens)
         return self.ln_post(x) @ self.proj
 
 
@@ -304,7 +360,8 @@ class CLIP(nn.Module):
         else:
             self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width,
                                             vision_layers, vision_width // 64, embed_dim)
-        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, causal=True)
+        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads,
+                                       attn_mask=self.build_attention_mask())
         self.vocab_size = vocab_size
         self.token_embedding = nn.Embedding(vocab_size, transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
@@ -326,6 +383,10 @@ class CLIP(nn.Module):
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
         nn.init.normal_(self.text_projection, std=width ** -0.5)
 
+    def build_attention_mask(self):
+        """OpenAI's causal mask for the text tower: -inf above the diagonal."""
+        return torch.full((self.context_length, self.context_length), float("-inf")).triu_(1)
+
     @property
     def dtype(self):
         return self.visual.conv1.weight.dtype
@@ -335,7 +396,8 @@ class CLIP(nn.Module):
 
     def encode_text(self, text):
         x = self.token_embedding(text).type(self.dtype) + self.positional_embedding.type(self.dtype)
-        return self.ln_final(self.transformer(x, pooled_rows=text.argmax(dim=-1))) @ self.text_projection
+        at_eot = self.transformer.forward_batch_first(x, pooled_rows=text.argmax(dim=-1))
+        return self.ln_final(at_eot) @ self.text_projection
 
     def forward(self, image, text):
         image_features = F.normalize(self.encode_image(image), dim=-1)

@@ -31,8 +31,10 @@ class TextEncoder(nn.Module):
         length = embeddings.shape[-2]
         return embeddings.type(dtype) + self.positional_embedding[start : start + length].type(dtype)
 
-    def forward(self, prompts, eot):
-        """``prompts`` (..., L, D) token embeddings, ``eot`` (...) EOT positions -> (..., E)."""
+    def forward(self, prompts, eot, deep_prompts=None):
+        """``prompts`` (..., L, D) token embeddings, ``eot`` (...) EOT positions -> (..., E).
+        ``deep_prompts[i]`` (n, D) replaces positions 1 .. n (the context after [SOS]) at the input of layer
+        i + 1, as deep text prompting does."""
         leading = prompts.shape[:-2]
         length = int(eot.max()) + 1
         x = self.at_positions(prompts.reshape(-1, *prompts.shape[-2:])[:, :length])
@@ -40,18 +42,19 @@ class TextEncoder(nn.Module):
         features = []
         for start in range(0, x.shape[0], self.chunk_size):
             chunk = slice(start, start + self.chunk_size)
-            at_eot = self.transformer(x[chunk], pooled_rows=eot[chunk])
+            at_eot = self.transformer.forward_batch_first(x[chunk], pooled_rows=eot[chunk], deep_prompts=deep_prompts)
             features.append(self.ln_final(at_eot) @ self.text_projection)
         return torch.cat(features).reshape(*leading, -1)
 
-    def encode_shared_prefix(self, prefix, suffix, eot):
+    def encode_shared_prefix(self, prefix, suffix, eot, deep_prompts=None):
         """Prompts ``prefix[g] + suffix[c]`` for every g, c -> features (G, C, E).
 
         ``prefix`` (G, P, D) token embeddings of the positions every class shares (one row per image),
         ``suffix`` (C, L - P, D) those of each class after them, ``eot`` (C,) EOT positions in the whole
         prompt. Each prefix runs through the tower once, not once per class; the features are those of the
         assembled prompts. Chunks hold whole images of at most ``chunk_size`` prompts, or part of one image's
-        classes when it has more.
+        classes when it has more. ``deep_prompts`` as in ``forward``: they replace positions inside the
+        prefix, so it stays shared.
         """
         n_prefix = prefix.shape[1]
         length = int(eot.max()) + 1
@@ -71,7 +74,9 @@ class TextEncoder(nn.Module):
                 own = suffix[first_class : first_class + classes_per_chunk]
                 x = own.expand(shared.shape[0], *own.shape).reshape(-1, *own.shape[1:])
                 pooled_rows = rows[first_class : first_class + classes_per_chunk].repeat(shared.shape[0])
-                at_eot = self.ln_final(self.transformer(x, pooled_rows=pooled_rows, prefix=shared))
+                at_eot = self.transformer.forward_batch_first(x, pooled_rows=pooled_rows, prefix=shared,
+                                                              deep_prompts=deep_prompts)
+                at_eot = self.ln_final(at_eot)
                 per_image.append((at_eot @ self.text_projection).view(len(shared), len(own), -1))
             features.append(torch.cat(per_image, dim=1))
         return torch.cat(features)

@@ -1,12 +1,18 @@
-"""Pieces several test files share: the linear-probe run's config and data, and train.main in-process."""
+"""Pieces several test files share: the linear-probe run's config and data, train.main in-process, and
+checkpoints in Dassl.pytorch's format."""
 import sys
+from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.optim.lr_scheduler import LRScheduler
 
 import train
+from dassl.config import get_cfg_default
+from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils.logger import Logger
 
 LINEAR_PROBE_CONFIG = """
@@ -69,12 +75,39 @@ def assert_same_loss_gradients(logits, expected, labels, params, atol=1e-5):
 
 
 def assert_same_values_and_gradients(fast, reference, inputs, atol=1e-5):
-    """A fast path must give the reference's values, and the same non-zero gradient reaching ``inputs``
-    for a random linear read-out of them."""
+    """A fast path must give the reference's values, and the same non-zero gradients reaching ``inputs``
+    (a tensor or several) for a random linear read-out of them."""
+    inputs = (inputs,) if torch.is_tensor(inputs) else tuple(inputs)
     assert fast.shape == reference.shape
     assert torch.allclose(fast, reference, atol=atol)
     weights = torch.randn(fast.shape, generator=torch.Generator().manual_seed(0))
-    (grad_fast,) = torch.autograd.grad((fast * weights).sum(), inputs)
-    (grad_reference,) = torch.autograd.grad((reference * weights).sum(), inputs)
-    assert grad_reference.abs().max() > 0
-    assert torch.allclose(grad_fast, grad_reference, atol=atol)
+    grads_fast = torch.autograd.grad((fast * weights).sum(), inputs, retain_graph=True)
+    grads_reference = torch.autograd.grad((reference * weights).sum(), inputs, retain_graph=True)
+    for grad_fast, grad_reference in zip(grads_fast, grads_reference):
+        assert grad_reference.abs().max() > 0
+        assert torch.allclose(grad_fast, grad_reference, atol=atol)
+
+
+def write_dassl_pytorch_checkpoint(path, state_dict, epoch, extra=None):
+    """A checkpoint as Dassl.pytorch's ``save_model`` writes one after ``epoch`` epochs of SGD with a cosine
+    schedule and a constant warm-up: its five keys, the optimizer's state (momentum buffers, so a non-empty
+    defaultdict), and the scheduler's ``state_dict()`` as Dassl's warm-up wrapper returns it, through the
+    ``LRScheduler`` method it inherits: every attribute but the optimizer, so the successor scheduler
+    object (holding the optimizer object) is pickled into the file."""
+    optim_cfg = get_cfg_default().OPTIM
+    optim_cfg.merge_from_list(["NAME", "sgd", "LR_SCHEDULER", "cosine", "MAX_EPOCH", 2, "WARMUP_EPOCH", 1,
+                               "WARMUP_TYPE", "constant"])
+    params = [torch.nn.Parameter(tensor.clone()) for name, tensor in state_dict.items()
+              if not name.endswith(("token_prefix", "token_suffix"))]  # CoOp's buffers are no parameters
+    optimizer = build_optimizer(params, optim_cfg)
+    scheduler = build_lr_scheduler(optimizer, optim_cfg)
+    for _ in range(epoch):
+        for param in params:
+            param.grad = torch.ones_like(param)
+        optimizer.step()
+        scheduler.step()
+    checkpoint = {"state_dict": OrderedDict(state_dict), "epoch": epoch, "optimizer": optimizer.state_dict(),
+                  "scheduler": LRScheduler.state_dict(scheduler), "val_result": None, **(extra or {})}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path

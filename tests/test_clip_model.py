@@ -1,4 +1,6 @@
 """clip/ against an independent implementation (open_clip), and its prompt entry points."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -112,9 +114,10 @@ def test_a_shared_prefix_gives_every_row_of_the_full_causal_sequences():
     prefix, suffix = torch.randn(2, 3, 64), torch.randn(2 * 4, 5, 64)  # 2 groups of 4 sequences
     whole = torch.cat([prefix.repeat_interleave(4, dim=0), suffix], dim=1)
     with torch.no_grad():
-        assert torch.allclose(tower(suffix, prefix=prefix), tower(whole)[:, 3:], atol=1e-5)
+        full = tower.forward_batch_first(whole)
+        assert torch.allclose(tower.forward_batch_first(suffix, prefix=prefix), full[:, 3:], atol=1e-5)
     with pytest.raises(ValueError, match="needs causal attention"):
-        ResidualAttentionBlock(width=32, heads=4).forward_after_prefix(torch.randn(2, 3, 32), torch.randn(1, 2, 32))
+        ResidualAttentionBlock(32, 4).forward_after_prefix(torch.randn(2, 3, 32), torch.randn(1, 2, 32))
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -122,10 +125,12 @@ def test_last_block_at_pooled_rows_equals_the_full_block_and_its_gradients(causa
     """The readout computes one query and one MLP row per sequence in the last block; the values and the
     gradients reaching its input must be those of the full block read at the same rows."""
     torch.manual_seed(0)
-    block = ResidualAttentionBlock(width=32, heads=4, causal=causal)
+    mask = CLIP.build_attention_mask(SimpleNamespace(context_length=9)) if causal else None
+    block = ResidualAttentionBlock(32, 4, attn_mask=mask)
     x = torch.randn(5, 9, 32, requires_grad=True)
     rows = torch.tensor([0, 8, 3, 5, 1])
-    assert_same_values_and_gradients(block.forward_rows(x, rows), block(x)[torch.arange(5), rows], x)
+    full = block.forward_batch_first(x)[torch.arange(5), rows]
+    assert_same_values_and_gradients(block.forward_rows(x, rows), full, x)
 
 
 def test_class_prompts_start_from_ctx_init_and_read_like_the_sentence():
@@ -154,3 +159,92 @@ def test_visual_prompts_enter_before_ln_pre_and_deep_prompts_replace_them():
     resnet = build_tiny_clip("rn").float()
     with pytest.raises(ValueError, match="need a ViT"):
         resnet.visual(image, prompts=prompts)
+
+
+# --- OpenAI's tensor layout at every public module (code written for OpenAI's clip gets its numbers) ----
+
+def openai_style_text_features(model, tokens):
+    """The text encoder of CoOp-family code, as written against OpenAI's CLIP: permute to (L, N, D), call
+    ``transformer``, permute back, read the EOT row."""
+    x = model.token_embedding(tokens).type(model.dtype) + model.positional_embedding.type(model.dtype)
+    x = model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+    x = model.ln_final(x).type(model.dtype)
+    return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ model.text_projection
+
+
+def openai_style_image_features(visual, image):
+    """A ViT image encoder as VPT-style code writes it against OpenAI's modules, block by block."""
+    x = visual.conv1(image.type(visual.conv1.weight.dtype))
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype)
+    x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype))
+    x = x.permute(1, 0, 2)
+    for block in visual.transformer.resblocks:
+        x = block(x)
+    x = x.permute(1, 0, 2)
+    return visual.ln_post(x[:, 0, :]) @ visual.proj
+
+
+def test_coop_family_encoders_written_for_openai_layout_equal_encode_text_and_image():
+    model = build_model(random_openai_state_dict("ViT-B/16")).float()
+    tokens = clip.tokenize(["a photo of a dog.", "a diagram", "a photo of a great pyrenees, a type of pet."])
+    image = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(openai_style_text_features(model, tokens), model.encode_text(tokens), atol=1e-5)
+        assert torch.allclose(openai_style_image_features(model.visual, image), model.encode_image(image), atol=1e-5)
+
+
+def test_block_attention_is_openais_multihead_attention_with_its_mask():
+    """``attention`` and ``forward`` take (L, N, W); ``attn_mask`` is OpenAI's and means what it says."""
+    torch.manual_seed(0)
+    tower = build_tiny_clip().float().transformer
+    block = tower.resblocks[0]
+    x = torch.randn(7, 3, 64)  # L, N, W
+    expected = block.attn(x, x, x, need_weights=False, attn_mask=block.attn_mask[:7, :7])[0]
+    assert torch.allclose(block.attention(x), expected, atol=1e-5)
+    block.attn_mask = None  # as in OpenAI's ViT blocks: every position sees every other
+    assert torch.allclose(block.attention(x), block.attn(x, x, x, need_weights=False)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="must be None or the causal"):
+        block.attn_mask = torch.zeros(77, 77)
+    with pytest.raises(ValueError, match="must be None or the causal"):
+        ResidualAttentionBlock(64, 1, attn_mask=torch.ones(5, 5, dtype=torch.bool).tril())
+
+
+def test_attention_pool_matches_open_clip_on_the_same_weights():
+    from open_clip.modified_resnet import AttentionPool2d as TheirPool
+
+    from clip.model import AttentionPool2d
+
+    torch.manual_seed(0)
+    ours = AttentionPool2d(7, 64, 4, 32)
+    theirs = TheirPool(7, 64, 4, 32)
+    theirs.load_state_dict(ours.state_dict())
+    feature_map = torch.randn(2, 64, 7, 7)  # N, C, H, W as OpenAI's ModifiedResNet hands it over
+    with torch.no_grad():
+        assert torch.allclose(ours(feature_map), theirs(feature_map), atol=1e-5)
+
+
+def test_deep_text_prompts_replace_the_context_after_sos_at_each_layer_on_every_text_path():
+    """Deep language prompting (IVLP, MaPLe, PromptSRC): at the input of layer i the positions 1..n hold the
+    layer's own prompts. Reference written from that rule over OpenAI-layout blocks; the truncated batched
+    path and the shared-prefix path must give its features and gradients."""
+    torch.manual_seed(0)
+    model = build_tiny_clip().float()
+    names = ["cat", "golden_retriever", "a very long class name with many words in it"]
+    prompts = ClassPrompts(model, names, n_ctx=2, ctx_init="a photo")
+    ctx = prompts.ctx_init_vectors().clone().requires_grad_(True)
+    deep = [torch.randn(2, 64, requires_grad=True)]  # layer 1 of the 2-layer tiny text tower
+    x = prompts.assemble(ctx) + model.positional_embedding
+    x = x.permute(1, 0, 2)
+    for index, block in enumerate(model.transformer.resblocks):
+        if index == 1:
+            x = torch.cat([x[:1], deep[0][:, None].expand(-1, x.shape[1], -1), x[3:]])
+        x = block(x)
+    x = model.ln_final(x.permute(1, 0, 2))
+    reference = x[torch.arange(3), prompts.eot] @ model.text_projection
+    encoder = TextEncoder(model, chunk_size=2)
+    batched = encoder(prompts.assemble(ctx), prompts.eot, deep_prompts=deep)
+    shared = encoder.encode_shared_prefix(prompts.shared_prefix(ctx[None]), prompts.token_suffix, prompts.eot,
+                                          deep_prompts=deep)[0]
+    for fast in (batched, shared):
+        assert_same_values_and_gradients(fast, reference, (ctx, deep[0]))

@@ -78,12 +78,14 @@ def build_models(clip_model, names, device):
 
 
 def reference_text(tower, per_image_prompts, eot):
-    """CoCoOp's repository's text path: each image's (C, 77, D) prompts through the whole text tower (all
-    77 positions, every row of the last block), read at EOT -> (B, C, E), not normalised. ``tower`` is a
-    CLIP model or a ``TextEncoder`` (the same attribute names)."""
+    """CoCoOp's repository's text path, as written there against OpenAI's CLIP: each image's (C, 77, D)
+    prompts through the whole text tower (all 77 positions, every row of the last block; sequence-first, as
+    OpenAI's ``transformer`` takes them), read at EOT -> (B, C, E), not normalised. ``tower`` is a CLIP
+    model or a ``TextEncoder`` (the same attribute names)."""
     features = []
     for prompts in per_image_prompts:
-        x = tower.ln_final(tower.transformer(prompts + tower.positional_embedding.type(prompts.dtype)))
+        x = prompts + tower.positional_embedding.type(prompts.dtype)
+        x = tower.ln_final(tower.transformer(x.permute(1, 0, 2)).permute(1, 0, 2))
         features.append(x[torch.arange(x.shape[0]), eot] @ tower.text_projection)
     return torch.stack(features)
 
@@ -94,9 +96,11 @@ def reference_instance_text(model, ctx):
     return F.normalize(reference_text(model.text_encoder, prompts, model.class_prompts.eot), dim=-1)
 
 
-def full_last_block(block, x, rows):
-    """CLIP's own readout: the whole last block, then one row per sequence."""
-    return block(x)[torch.arange(x.shape[0], device=x.device), rows]
+def full_last_block(block, x, rows, prefix=None):
+    """CLIP's own readout of the image tower (no shared prefix): the whole last block, then one row per
+    sequence."""
+    assert prefix is None
+    return block.forward_batch_first(x)[torch.arange(x.shape[0], device=x.device), rows]
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from dassl.engine import TRAINER_REGISTRY
 
 from .common import (
     PromptedCLIP,
+    PromptLearner,
     PromptTrainer,
     context_size,
     declare_trainer_node,
@@ -30,7 +31,7 @@ def meta_net(in_dim, out_dim):
     )
 
 
-class CoCoOpPromptLearner(nn.Module):
+class CoCoOpPromptLearner(PromptLearner):
     def __init__(self, ctx, embed_dim):
         super().__init__()
         self.ctx = nn.Parameter(ctx)

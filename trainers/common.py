@@ -17,7 +17,9 @@ from dassl.config import get_cfg_default
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import load_pretrained_weights
+from dassl.utils import load_checkpoint, load_pretrained_weights
+
+from .checkpoint_layout import TrainableStateDict
 
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 PROMPT_LEARNER = "prompt_learner"
@@ -107,22 +109,30 @@ def make_grad_scaler(prec, device):
 
 
 def freeze_all_but_prompt_learner(model):
-    """CLIP stays frozen; returns the names of the parameters left trainable."""
+    """CLIP stays frozen; returns the names of the parameters left trainable (``model.trains(name)``, by
+    default those under ``prompt_learner``)."""
+    trains = getattr(model, "trains", lambda name: name.startswith(PROMPT_LEARNER + "."))
     for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith(PROMPT_LEARNER + "."))
+        param.requires_grad_(trains(name))
     return sorted(name for name, param in model.named_parameters() if param.requires_grad)
 
 
 class PromptTrainer(TrainerX):
-    """Dassl trainer for a CLIP whose only trainable part is ``model.prompt_learner``.
+    """Dassl trainer for a CLIP whose only trainable parts are prompts.
 
     Subclasses set ``CFG_NODE`` (their ``cfg.TRAINER`` node name) and implement
-    ``build_custom_clip(cfg, classnames, clip_model)`` returning an ``nn.Module`` with a
-    ``prompt_learner`` submodule, ``forward(image) -> logits`` and
-    ``training_loss(image, label) -> (loss, logits)``.
+    ``build_custom_clip(cfg, classnames, clip_model)`` returning an ``nn.Module`` with
+    ``forward(image) -> logits`` and ``training_loss(image, label) -> (loss, logits)``. What is saved is
+    ``registered_module`` under ``MODEL_NAME``, as the method's official code registers it: CoOp's family
+    registers ``model.prompt_learner`` as "prompt_learner"; a trainer whose prompts also live inside CLIP's
+    modules registers the whole model (a ``TrainableStateDict``, so only the trained tensors are saved).
     """
 
     CFG_NODE = ""
+    MODEL_NAME = PROMPT_LEARNER
+
+    def registered_module(self):
+        return self.model.prompt_learner
 
     @property
     def trainer_cfg(self):
@@ -149,10 +159,18 @@ class PromptTrainer(TrainerX):
             load_pretrained_weights(self.model.prompt_learner, cfg.MODEL.INIT_WEIGHTS)
 
         self.model.to(self.device)
-        self.optim = build_optimizer(self.model.prompt_learner, cfg.OPTIM)
+        trained = [param for param in self.registered_module().parameters() if param.requires_grad]
+        self.optim = build_optimizer(trained, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
-        self.register_model(PROMPT_LEARNER, self.model.prompt_learner, self.optim, self.sched)
+        self.register_model(self.MODEL_NAME, self.registered_module(), self.optim, self.sched)
         self.scaler = make_grad_scaler(self.prec, self.device)
+
+    def load_model(self, directory, epoch=None):
+        """This engine's loader where it runs; on Dassl.pytorch, CoOp's, since Dassl.pytorch's own formats
+        the ``val_result`` of the checkpoint, which a last-epoch checkpoint holds as None (Dassl #56)."""
+        if hasattr(TrainerX, "load_state_into"):  # this project's dassl
+            return super().load_model(directory, epoch)
+        return load_like_coop(self, directory, epoch)
 
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
@@ -179,6 +197,22 @@ class PromptTrainer(TrainerX):
             return self.model(image).float()
 
 
+def load_like_coop(trainer, directory, epoch=None):
+    """CoOp's ``load_model``, written against Dassl.pytorch's API only: no ``val_result`` printed; the
+    registered modules themselves leave out CoOp's class-set buffers (``TrainableStateDict``)."""
+    if not directory:
+        print("Note that load_model() is skipped as no pretrained model is given")
+        return
+    model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+    for name in trainer.get_model_names():
+        model_path = osp.join(directory, name, model_file)
+        if not osp.exists(model_path):
+            raise FileNotFoundError(f'Model not found at "{model_path}"')
+        checkpoint = load_checkpoint(model_path)
+        print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
+        trainer._models[name].load_state_dict(checkpoint["state_dict"])
+
+
 def normalize(features):
     return F.normalize(features, dim=-1)
 
@@ -194,6 +228,10 @@ def initial_context(class_prompts, n_ctx, ctx_dim, ctx_init, leading=()):
         vectors = class_prompts.ctx_init_vectors().float()
         return vectors.expand(*leading, n_ctx, ctx_dim).clone()
     return torch.randn(*leading, n_ctx, ctx_dim) * 0.02
+
+
+class PromptLearner(TrainableStateDict):
+    """Base of the ``prompt_learner`` modules CoOp's family registers: loads CoOp's checkpoints too."""
 
 
 class PromptedCLIP(torch.nn.Module):

@@ -6,6 +6,7 @@ from dassl.engine import TRAINER_REGISTRY
 
 from .common import (
     PromptedCLIP,
+    PromptLearner,
     PromptTrainer,
     context_size,
     declare_trainer_node,
@@ -42,7 +43,7 @@ def place_class_name(class_prompts, ctx, position):
     return torch.stack(rows)
 
 
-class CoOpPromptLearner(nn.Module):
+class CoOpPromptLearner(PromptLearner):
     def __init__(self, ctx):
         super().__init__()
         self.ctx = nn.Parameter(ctx)
@@ -54,7 +55,9 @@ class CoOpCLIP(PromptedCLIP):
             raise ValueError(f"CLASS_TOKEN_POSITION must be one of {CLASS_TOKEN_POSITIONS}")
         n_ctx = context_size(coop_cfg.N_CTX, coop_cfg.CTX_INIT)
         super().__init__(clip_model, classnames, n_ctx, coop_cfg.CTX_INIT)
-        leading = (len(self.classnames),) if coop_cfg.CSC else ()
+        if coop_cfg.CSC and coop_cfg.CTX_INIT:  # CoOp builds one shared context from CTX_INIT, whatever CSC says
+            print("Note: TRAINER.COOP.CSC is ignored with CTX_INIT, as in CoOp: one context shared by all classes")
+        leading = (len(self.classnames),) if coop_cfg.CSC and not coop_cfg.CTX_INIT else ()
         ctx = initial_context(self.class_prompts, n_ctx, self.ctx_dim, coop_cfg.CTX_INIT, leading)
         self.prompt_learner = CoOpPromptLearner(ctx)
         self.position = coop_cfg.CLASS_TOKEN_POSITION

@@ -16,6 +16,7 @@ from dassl.engine import TRAINER_REGISTRY
 from .cocoop import meta_net
 from .common import (
     PromptedCLIP,
+    PromptLearner,
     PromptTrainer,
     TemplateTextFeatures,
     context_size,
@@ -111,7 +112,7 @@ class TextReorganizedVisualPrompt(nn.Module):
         return tokens[0], tokens[1:]
 
 
-class MuPLPromptLearner(nn.Module):
+class MuPLPromptLearner(PromptLearner):
     """Everything MuPL trains (and all a checkpoint holds): context V, FTP meta-net, TVP."""
 
     def __init__(self, ctx, meta_tokens, visual_prompt):

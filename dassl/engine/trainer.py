@@ -26,6 +26,7 @@ from dassl.utils import (
     CheckpointError,
     MetricMeter,
     capture_rng_state,
+    check_checkpoint,
     load_checkpoint,
     mkdir_if_missing,
     restore_rng_state,
@@ -132,15 +133,18 @@ class TrainerBase:
                   f'({meta.get("num_classes")} classes, {meta.get("subsample")}); this run evaluates on '
                   f'{mine.get("dataset")} ({mine.get("num_classes")} classes, {mine.get("subsample")})')
 
-    def load_state_into(self, name, state_dict, path, strict=True):
-        """``load_state_dict`` with a message naming the file when the weights do not fit."""
+    def load_state_into(self, name, state_dict, path):
+        """``load_state_dict`` with a message naming the file and every key that does not fit."""
         try:
-            return self._models[name].load_state_dict(state_dict, strict=strict)
-        except RuntimeError as error:
+            result = self._models[name].load_state_dict(state_dict, strict=False)
+        except RuntimeError as error:  # shapes that differ
+            raise CheckpointError(f"{path} does not fit model {name!r} of this run (another trainer, backbone "
+                                  f"or config?): {' '.join(str(error).split())}") from error
+        if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(
-                f"{path} does not fit model {name!r} of this run (another trainer, backbone or "
-                f"config?): {str(error).splitlines()[0]}"
-            ) from error
+                f"{path} does not fit model {name!r} of this run (another trainer, backbone or config?): "
+                f"missing keys {sorted(result.missing_keys)}; unexpected keys {sorted(result.unexpected_keys)}"
+            )
 
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name="",
                    iteration=0, epoch_rng_state=None):
@@ -163,8 +167,10 @@ class TrainerBase:
         if osp.isfile(pointer):
             with open(pointer) as handle:
                 named = handle.read().strip()
-            if named:
+            if named and named == osp.basename(named) and named not in (".", ".."):
                 candidates.append(osp.join(fdir, named))
+            elif named:
+                print(f"Warning: ignoring {pointer}: it names {named!r}, which is not a file of that folder")
         candidates.append(osp.join(fdir, RESUME_FILE))
         epoch_files = []
         for path in glob.glob(osp.join(fdir, "model.pth.tar-*")):
@@ -181,7 +187,7 @@ class TrainerBase:
     def _load_latest_checkpoint(self, fdir):
         for path in self._checkpoint_candidates(fdir):
             try:
-                return path, load_checkpoint(path)
+                return path, check_checkpoint(load_checkpoint(path), path)
             except CheckpointError as error:
                 print(f"Warning: {error}; trying the previous checkpoint")
         return None, None
@@ -247,7 +253,7 @@ class TrainerBase:
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
                 raise FileNotFoundError(missing_model_message(model_path))
-            checkpoint = load_checkpoint(model_path)
+            checkpoint = check_checkpoint(load_checkpoint(model_path), model_path)
             self.check_checkpoint_meta(checkpoint.get("meta"), model_path)
             val_result = checkpoint.get("val_result")
             suffix = f", val_result = {val_result:.1f}" if val_result is not None else ""

@@ -1,7 +1,8 @@
 """Checkpoints that load with ``torch.load(weights_only=True)``, written atomically, plus RNG capture.
 
-Dassl pickles scheduler objects into its checkpoints, which current torch refuses to load by default;
-here a checkpoint holds only tensors and plain Python values.
+Dassl.pytorch pickles scheduler objects into its checkpoints, which current torch refuses to load by
+default; here a checkpoint holds only tensors and plain Python values, and Dassl.pytorch's files are read
+too, their pickled schedulers as data (``legacy_checkpoint``).
 """
 import os
 import os.path as osp
@@ -15,6 +16,7 @@ import torch
 
 from .atomic import atomic_write
 from .distributed import collective_device, is_distributed
+from .legacy_checkpoint import load_weights_only, refused_global
 
 __all__ = [
     "save_checkpoint",
@@ -25,6 +27,7 @@ __all__ = [
     "capture_rng_state",
     "restore_rng_state",
     "CheckpointError",
+    "check_checkpoint",
 ]
 
 POINTER_FILE = "checkpoint"
@@ -96,21 +99,33 @@ def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True
 
 
 def load_checkpoint(fpath):
-    """Load tensors and plain values only; anything that would need unpickling code is refused."""
+    """Tensors and plain values, plus the scheduler objects Dassl.pytorch pickles (read as data); a file
+    holding any other pickled object is refused before anything in it runs."""
     if fpath is None or not osp.isfile(fpath):
         raise FileNotFoundError(f'No checkpoint file at "{fpath}"')
     map_location = None if torch.cuda.is_available() else "cpu"
     if is_distributed() and collective_device().type == "cuda":  # each process's GPU, not all cuda:0
         map_location = collective_device()
     try:
-        return torch.load(fpath, map_location=map_location, weights_only=True)
+        return load_weights_only(fpath, map_location)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
-            f'Refusing to load "{fpath}": it holds pickled objects, not only weights ({error}). '
-            "Checkpoints written by this project never do; load it only if you trust its origin."
-        ) from error
+            f'Refusing to load "{fpath}": it holds a pickled {refused_global(error)}, which no checkpoint of '
+            "this project or of Dassl.pytorch contains; nothing in it was run. Use the checkpoint the "
+            "training run wrote, or re-save the weights as a plain state dict of tensors"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(f'Checkpoint "{fpath}" is truncated or corrupt: {error}') from error
+
+
+def check_checkpoint(checkpoint, fpath):
+    """A loaded file must be a Dassl checkpoint: a dict with ``state_dict`` (names -> tensors) and ``epoch``."""
+    state_dict = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f'"{fpath}" is not a checkpoint: it holds no state_dict of tensors')
+    if not isinstance(checkpoint.get("epoch"), int):
+        raise CheckpointError(f'"{fpath}" is not a complete checkpoint: its epoch is missing')
+    return checkpoint
 
 
 def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
