@@ -102,15 +102,38 @@ def test_sigterm_then_rerun_is_bit_identical_to_uninterrupted(finished_run, stop
     assert not (interrupted / "linear" / "model-resume.pth.tar").exists()
 
 
-def test_truncated_checkpoint_falls_back_to_previous_good_one(workspace):
+@pytest.mark.parametrize("damage, warning", [
+    ("truncate", "is truncated or corrupt"),
+    ("garbage", "is not a checkpoint: it holds no state_dict of tensors"),
+    ("incomplete", "is not a complete checkpoint: its epoch is missing"),
+])
+def test_a_bad_newest_checkpoint_falls_back_to_the_previous_good_one(workspace, damage, warning):
     out = workspace / "out"
     run_train(workspace, out, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1")
     newest = out / "linear" / "model.pth.tar-2"
-    newest.write_bytes(newest.read_bytes()[:100])
+    if damage == "truncate":
+        newest.write_bytes(newest.read_bytes()[:100])
+    elif damage == "garbage":  # a well-formed file that is not a checkpoint
+        torch.save({"state_dict": [1, 2, 3], "epoch": 2}, newest)
+    else:
+        checkpoint = torch.load(newest, weights_only=True)
+        del checkpoint["epoch"]
+        torch.save(checkpoint, newest)
     result = run_train(workspace, out, "OPTIM.MAX_EPOCH", "3", "TRAIN.CHECKPOINT_FREQ", "1")
-    assert "is truncated or corrupt" in result.stdout
+    assert warning in result.stdout
     assert "Resumed from epoch 1" in result.stdout
     assert "epoch [2/3]" in result.stdout
+
+
+def test_a_pointer_file_cannot_lead_outside_its_folder(workspace):
+    out = workspace / "out"
+    run_train(workspace, out, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1")
+    outside = workspace / "elsewhere.pth.tar"
+    torch.save(torch.load(out / "linear" / "model.pth.tar-1", weights_only=True), outside)
+    (out / "linear" / "checkpoint").write_text("../../elsewhere.pth.tar\n")
+    result = run_train(workspace, out, "OPTIM.MAX_EPOCH", "3", "TRAIN.CHECKPOINT_FREQ", "1")
+    assert "ignoring" in result.stdout and "which is not a file of that folder" in result.stdout
+    assert "Resumed from epoch 2" in result.stdout  # the folder's own newest, not the file outside
 
 
 def test_keep_last_bounds_the_number_of_epoch_checkpoints(workspace):
