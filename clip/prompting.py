@@ -83,7 +83,9 @@ class TextEncoder(nn.Module):
 
 
 class ClassPrompts(nn.Module):
-    """Token embeddings of ``"X X .. X {classname}."`` around ``n_ctx`` context slots, per class.
+    """Token embeddings of ``"X X .. X {classname}."`` (or ``"{ctx_init} {classname}."``) around ``n_ctx``
+    context slots, per class. The slots are the first ``n_ctx`` tokens after SOS; tokens of ``ctx_init`` beyond
+    them stay fixed in every prompt (as CoOp, IVLP and MaPLe do), ``fixed_init_tokens`` of them.
 
     Buffers (rebuilt for any class list, never learned): ``token_prefix`` (C, 1, D) the SOS embedding,
     ``token_suffix`` (C, L - 1 - n_ctx, D) class name, period, EOT and padding, ``eot`` (C,) and
@@ -93,10 +95,14 @@ class ClassPrompts(nn.Module):
     def __init__(self, clip_model, classnames, n_ctx, ctx_init=None):
         super().__init__()
         names = [name.replace("_", " ") for name in classnames]
+        self.fixed_init_tokens = 0
         if ctx_init:
             ctx_init = ctx_init.replace("_", " ")
-            if len(get_tokenizer().encode(ctx_init)) != n_ctx:
-                raise ValueError(f"CTX_INIT {ctx_init!r} is not {n_ctx} tokens long")
+            n_tokens = len(get_tokenizer().encode(ctx_init))
+            if n_tokens < n_ctx:
+                raise ValueError(f"CTX_INIT {ctx_init!r} has {n_tokens} tokens, fewer than the {n_ctx} context "
+                                 "vectors it should initialise")
+            self.fixed_init_tokens = n_tokens - n_ctx
         prefix = ctx_init or " ".join(["X"] * n_ctx)
         tokens = tokenize([f"{prefix} {name}." for name in names])
         with torch.no_grad():

@@ -140,8 +140,11 @@ def test_class_prompts_start_from_ctx_init_and_read_like_the_sentence():
     expected = model.token_embedding(clip.tokenize(["a photo of a pug."]))
     assert torch.equal(assembled, expected)
     assert prompts.name_lens.tolist() == [1]
-    with pytest.raises(ValueError, match="not 3 tokens"):
-        ClassPrompts(model, ["pug"], n_ctx=3, ctx_init="a photo of a")
+    partial = ClassPrompts(model, ["pug"], n_ctx=2, ctx_init="a photo of a")  # IVLP, MaPLe: "of a" stays fixed
+    assert torch.equal(partial.assemble(partial.ctx_init_vectors()), expected)
+    assert partial.fixed_init_tokens == 2
+    with pytest.raises(ValueError, match="has 4 tokens, fewer than the 5 context vectors"):
+        ClassPrompts(model, ["pug"], n_ctx=5, ctx_init="a photo of a")
 
 
 def test_visual_prompts_enter_before_ln_pre_and_deep_prompts_replace_them():

@@ -4,6 +4,7 @@ CoOp's repository copies these into every trainer file; here they live once. Tra
 use only the Dassl.pytorch API plus ``clip``, so they would run on the real Dassl unchanged.
 """
 import contextlib
+import copy
 import os
 import os.path as osp
 
@@ -87,6 +88,13 @@ def cast_clip(clip_model, prec):
             if tensor.dtype == torch.float16:
                 tensor.data = tensor.data.to(torch.bfloat16)
     return clip_model
+
+
+def require_vit(clip_model, method):
+    """Visual prompts need image tokens; a ResNet has none."""
+    if not hasattr(clip_model.visual, "transformer"):
+        raise ValueError(f"{method} prompts CLIP's image transformer and needs a ViT backbone "
+                         "(MODEL.BACKBONE.NAME ViT-B/16, ViT-B/32, ...); this backbone is a ResNet")
 
 
 def clip_dtype(clip_model):
@@ -179,6 +187,19 @@ class PromptTrainer(TrainerX):
         image, label = self.parse_batch_train(batch)
         with autocast_context(self.prec, self.device):
             loss, logits = self.model.training_loss(image, label)
+        terms = loss if isinstance(loss, dict) else {"loss": loss}
+        self.update(terms)
+        summary = {name: value.item() for name, value in terms.items()}
+        summary["acc"] = compute_accuracy(logits, label)[0].item()
+        if (self.batch_idx + 1) == self.num_batches:
+            self.end_of_epoch_update()
+            self.update_lr()
+        return summary
+
+    def update(self, terms):
+        """One optimiser step on the sum of the loss terms (``{name: loss}``, each logged). ProGrad
+        replaces it with its gradient projection."""
+        loss = sum(terms.values())
         if self.scaler is not None:
             self.optim.zero_grad()
             self.scaler.scale(loss).backward()
@@ -187,10 +208,9 @@ class PromptTrainer(TrainerX):
         else:
             self.model_backward_and_update(loss)
 
-        summary = {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return summary
+    def end_of_epoch_update(self):
+        """After the last step of an epoch, before the LR steps and the checkpoint is written: PromptSRC
+        aggregates its prompts here."""
 
     def model_inference(self, image):
         with autocast_context(self.prec, self.device):
@@ -241,6 +261,9 @@ class PromptedCLIP(torch.nn.Module):
         super().__init__()
         self.classnames = list(classnames)
         self.class_prompts = ClassPrompts(clip_model, self.classnames, n_ctx, ctx_init or None)
+        if self.class_prompts.fixed_init_tokens:
+            print(f'Note: the context starts from the first {n_ctx} tokens of "{ctx_init}"; its other '
+                  f"{self.class_prompts.fixed_init_tokens} tokens stay fixed in every prompt")
         self.text_encoder = TextEncoder(clip_model)
         self.image_encoder = clip_model.visual
         self.logit_scale = clip_model.logit_scale
@@ -268,16 +291,20 @@ class PromptedCLIP(torch.nn.Module):
 
 
 class TemplateTextFeatures(torch.nn.Module):
-    """Normalised CLIP features of one hand-written template per class, computed once per class set.
+    """Normalised frozen-CLIP features of hand-written prompts, computed once per class set.
 
-    Zero-shot CLIP and MuPL's ``TVP.TEXT frozen`` read these every step; they depend only on the class
-    names, so they are cached, keyed on the class set (and device/dtype), instead of re-encoded.
+    ``templates``: one template, or several whose unnormalised features are averaged per class before
+    normalising (PromptSRC's textual diversity). Zero-shot CLIP, MuPL's ``TVP.TEXT frozen``, KgCoOp, ProGrad,
+    VPT and PromptSRC read these every step; they depend only on the class names, so they are cached, keyed
+    on the class set (and device/dtype). ``fp32``: encode with CLIP's weights in fp32 arithmetic whatever
+    the run's precision, as ProGrad's and PromptSRC's own code does (a temporary fp32 copy, once).
     """
 
-    def __init__(self, clip_model, template, batch_size=256):
+    def __init__(self, clip_model, templates, fp32=False, batch_size=256):
         super().__init__()
         self.clip_model = clip_model
-        self.template = template
+        self.templates = [templates] if isinstance(templates, str) else list(templates)
+        self.fp32 = fp32
         self.batch_size = batch_size
         self._cache = {}
 
@@ -286,15 +313,20 @@ class TemplateTextFeatures(torch.nn.Module):
         weight = self.clip_model.text_projection
         key = (tuple(classnames), weight.device, weight.dtype)
         if key not in self._cache:
-            self._cache = {key: self._encode(classnames, weight.device)}
+            self._cache = {key: self._encode(classnames, weight.device).to(weight.dtype)}
         return self._cache[key]
 
     def _encode(self, classnames, device):
-        texts = [self.template.format(name.replace("_", " ")) for name in classnames]
-        tokens = clip.tokenize(texts).to(device)
-        with torch.autocast(device_type=device.type, enabled=False):
-            features = [
-                self.clip_model.encode_text(tokens[start : start + self.batch_size])
-                for start in range(0, len(texts), self.batch_size)
-            ]
-        return normalize(torch.cat(features))
+        encoder = self.clip_model
+        if self.fp32 and clip_dtype(encoder) != torch.float32:
+            encoder = copy.deepcopy(encoder).float()
+        names = [name.replace("_", " ") for name in classnames]
+        total = 0
+        for template in self.templates:
+            tokens = clip.tokenize([template.format(name) for name in names]).to(device)
+            with torch.autocast(device_type=device.type, enabled=False):
+                total = total + torch.cat([
+                    encoder.encode_text(tokens[start : start + self.batch_size]).float()
+                    for start in range(0, len(names), self.batch_size)
+                ])
+        return normalize(total / len(self.templates))

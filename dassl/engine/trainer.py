@@ -109,7 +109,16 @@ class TrainerBase:
             "epoch_rng_state": epoch_rng_state,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "meta": self.checkpoint_meta(),
+            "trainer_state": self.trainer_state(),
         }
+
+    def trainer_state(self):
+        """Training state outside the registered models that an exact resume needs (tensors and plain
+        values), e.g. a running average of the prompts; None when there is none."""
+        return None
+
+    def load_trainer_state(self, state):
+        """Restore what ``trainer_state`` returned."""
 
     def checkpoint_meta(self):
         """Plain facts about the run, so a checkpoint used in the wrong place can be recognised."""
@@ -217,6 +226,8 @@ class TrainerBase:
         checkpoint = next(iter(loaded.values()))[1]
         if self.scaler is not None and checkpoint.get("scaler") is not None:
             self.scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint.get("trainer_state") is not None:
+            self.load_trainer_state(checkpoint["trainer_state"])
         iteration = checkpoint.get("iteration", 0)
         if checkpoint.get("rng_state") is not None:
             if iteration:
