@@ -146,9 +146,17 @@ class PromptTrainer(TrainerX):
     def trainer_cfg(self):
         return self.cfg.TRAINER[self.CFG_NODE]
 
+    @classmethod
+    def validate_cfg(cls, cfg):
+        """Refuse, before anything is built or written, config values this trainer cannot run: one
+        ValueError naming the key, the value and what is allowed. train.py calls it first; subclasses
+        extend it (``super().validate_cfg(cfg)``)."""
+        prec = cfg.TRAINER[cls.CFG_NODE].PREC
+        if prec not in PRECISIONS:
+            raise ValueError(f"TRAINER.{cls.CFG_NODE}.PREC is {prec!r}; choose one of {', '.join(PRECISIONS)}")
+
     def check_cfg(self, cfg):
-        if cfg.TRAINER[self.CFG_NODE].PREC not in PRECISIONS:
-            raise ValueError(f"TRAINER.{self.CFG_NODE}.PREC must be one of {PRECISIONS}")
+        self.validate_cfg(cfg)
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         raise NotImplementedError
