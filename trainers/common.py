@@ -14,6 +14,7 @@ from yacs.config import CfgNode as CN
 
 import clip
 from clip.prompting import ClassPrompts, TextEncoder
+from clip.simple_tokenizer import get_tokenizer
 from dassl.config import get_cfg_default
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
@@ -90,10 +91,15 @@ def cast_clip(clip_model, prec):
     return clip_model
 
 
+class ConfigError(ValueError):
+    """A config value that does not fit the loaded backbone (found only once it is built); the message
+    names the key and the fix."""
+
+
 def require_vit(clip_model, method):
     """Visual prompts need image tokens; a ResNet has none."""
     if not hasattr(clip_model.visual, "transformer"):
-        raise ValueError(f"{method} prompts CLIP's image transformer and needs a ViT backbone "
+        raise ConfigError(f"{method} prompts CLIP's image transformer and needs a ViT backbone "
                          "(MODEL.BACKBONE.NAME ViT-B/16, ViT-B/32, ...); this backbone is a ResNet")
 
 
@@ -250,6 +256,14 @@ def context_size(n_ctx, ctx_init):
     return len(ctx_init.split()) if ctx_init else n_ctx
 
 
+def init_phrase_or_none(ctx_init, n_ctx):
+    """IVLP, MaPLe, PromptSRC: CTX_INIT starts the context only when it has at least ``n_ctx`` tokens (the
+    official ``n_ctx <= 4`` for "a photo of a"); otherwise the context is random behind "X" placeholders."""
+    if ctx_init and n_ctx <= len(get_tokenizer().encode(ctx_init.replace("_", " "))):
+        return ctx_init
+    return ""
+
+
 def initial_context(class_prompts, n_ctx, ctx_dim, ctx_init, leading=()):
     """fp32 master copy of the context: CTX_INIT's token embeddings, else N(0, 0.02) as CoOp."""
     if ctx_init:
@@ -286,11 +300,13 @@ class PromptedCLIP(torch.nn.Module):
         """Normalised features of assembled prompts (..., L, D); ``eot`` (...) gives each EOT slot."""
         return normalize(self.text_encoder(prompts.type(self.dtype), eot))
 
-    def encode_instance_text(self, ctx):
+    def encode_instance_text(self, ctx, deep_prompts=None):
         """(B, n_ctx, D) per-image context -> (B, C, E): all B x C prompts in one (chunked) call, each
-        image's ``[SOS] ctx`` run once for all its classes."""
+        image's ``[SOS] ctx`` run once for all its classes; ``deep_prompts`` replace the context at the
+        input of layers 1 .. J-1."""
         prefix = self.class_prompts.shared_prefix(ctx.type(self.dtype))
-        text = self.text_encoder.encode_shared_prefix(prefix, self.class_prompts.token_suffix, self.class_prompts.eot)
+        text = self.text_encoder.encode_shared_prefix(prefix, self.class_prompts.token_suffix,
+                                                      self.class_prompts.eot, deep_prompts)
         return normalize(text)
 
     def training_loss(self, image, label):
@@ -305,12 +321,14 @@ class TemplateTextFeatures(torch.nn.Module):
     normalising (PromptSRC's textual diversity). Zero-shot CLIP, MuPL's ``TVP.TEXT frozen``, KgCoOp, ProGrad,
     VPT and PromptSRC read these every step; they depend only on the class names, so they are cached, keyed
     on the class set (and device/dtype). ``fp32``: encode with CLIP's weights in fp32 arithmetic whatever
-    the run's precision, as ProGrad's and PromptSRC's own code does (a temporary fp32 copy, once).
+    the run's precision, as ProGrad's and PromptSRC's own code does (a temporary fp32 copy of the text tower).
+    Only the text tower is held, never the image tower, so a prompt in the image tower has one name.
     """
 
     def __init__(self, clip_model, templates, fp32=False, batch_size=256):
         super().__init__()
-        self.clip_model = clip_model
+        self.token_embedding = clip_model.token_embedding
+        self.text_encoder = TextEncoder(clip_model)
         self.templates = [templates] if isinstance(templates, str) else list(templates)
         self.fp32 = fp32
         self.batch_size = batch_size
@@ -318,23 +336,23 @@ class TemplateTextFeatures(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, classnames):
-        weight = self.clip_model.text_projection
+        weight = self.text_encoder.text_projection
         key = (tuple(classnames), weight.device, weight.dtype)
         if key not in self._cache:
             self._cache = {key: self._encode(classnames, weight.device).to(weight.dtype)}
         return self._cache[key]
 
     def _encode(self, classnames, device):
-        encoder = self.clip_model
-        if self.fp32 and clip_dtype(encoder) != torch.float32:
-            encoder = copy.deepcopy(encoder).float()
+        token_embedding, text_encoder = self.token_embedding, self.text_encoder
+        if self.fp32 and text_encoder.text_projection.dtype != torch.float32:
+            token_embedding, text_encoder = copy.deepcopy(torch.nn.ModuleList([token_embedding, text_encoder])).float()
         names = [name.replace("_", " ") for name in classnames]
         total = 0
         for template in self.templates:
             tokens = clip.tokenize([template.format(name) for name in names]).to(device)
             with torch.autocast(device_type=device.type, enabled=False):
                 total = total + torch.cat([
-                    encoder.encode_text(tokens[start : start + self.batch_size]).float()
-                    for start in range(0, len(names), self.batch_size)
+                    text_encoder(token_embedding(chunk), chunk.argmax(dim=-1)).float()
+                    for chunk in tokens.split(self.batch_size)
                 ])
         return normalize(total / len(self.templates))

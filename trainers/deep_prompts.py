@@ -8,6 +8,8 @@ towers inject them through ``Transformer.forward_batch_first(deep_prompts=...)``
 import torch
 from torch import nn
 
+from .common import ConfigError
+
 PROMPT_STD = 0.02
 
 
@@ -16,13 +18,12 @@ def prompt_parameter(n_tokens, width):
     return nn.Parameter(torch.randn(n_tokens, width) * PROMPT_STD)
 
 
-def check_depth(depth, transformer, key):
-    if not 0 <= depth <= transformer.layers:
-        raise ValueError(f"{key} must be between 0 and {transformer.layers} (the tower's layers), got {depth}")
-
-
-def add_deep_prompts(transformer, n_tokens, depth):
-    """``VPT_shallow`` on blocks 1 .. depth - 1 (block 0's prompts are the input prompts)."""
+def add_deep_prompts(transformer, n_tokens, depth, key):
+    """``VPT_shallow`` on blocks 1 .. depth - 1 (block 0's prompts are the input prompts); ``key`` names
+    the config value in the message when the tower has fewer layers."""
+    if depth > transformer.layers:
+        raise ConfigError(f"{key} is {depth}, but this backbone's tower has {transformer.layers} layers; "
+                          f"use at most {transformer.layers}")
     for block in list(transformer.resblocks)[1:depth]:
         block.VPT_shallow = prompt_parameter(n_tokens, transformer.width)
 
@@ -32,11 +33,11 @@ def deep_prompts(transformer):
     return [block.VPT_shallow for block in transformer.resblocks if hasattr(block, "VPT_shallow")]
 
 
-def add_visual_prompts(visual, n_tokens, depth):
+def add_visual_prompts(visual, n_tokens, depth, key):
     """Input prompts ``visual.VPT`` plus deep prompts to depth ``depth``; depth 0: none at all."""
     if depth >= 1:
         visual.VPT = prompt_parameter(n_tokens, visual.width)
-        add_deep_prompts(visual.transformer, n_tokens, depth)
+        add_deep_prompts(visual.transformer, n_tokens, depth, key)
 
 
 def visual_prompts(visual):
