@@ -30,6 +30,8 @@ def kl_to_zero_shot(logits, zero_shot_logits):
 
 
 class PromptSRCCLIP(IndependentPromptsCLIP):
+    OFFICIAL_EXTRAS = ("prompt_learner.ZS_image_encoder.",)  # the official second, frozen image tower
+
     def __init__(self, node, classnames, clip_model):
         super().__init__(node, classnames, clip_model, method="PromptSRC")
         self.text_weight, self.image_weight = node.TEXT_LOSS_WEIGHT, node.IMAGE_LOSS_WEIGHT

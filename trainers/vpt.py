@@ -20,6 +20,8 @@ def extend_cfg(cfg):
 
 
 class VisualPromptCLIP(TrainableStateDict, nn.Module):
+    OFFICIAL_EXTRAS = ("text_encoder.",)  # the official model carries a text tower it never calls
+
     def __init__(self, node, classnames, clip_model):
         super().__init__()
         require_vit(clip_model, "VPT")
