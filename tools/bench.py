@@ -1,15 +1,21 @@
-"""Speed and memory of CoCoOp and MuPL against CoCoOp's reference design (docs/performance.md).
+"""Speed and memory of each prompt learner against its reference design (docs/performance.md).
 
-    python -m tools.bench                          # ViT-B/16 shapes, C = 19, 100, 1000, batch 1 and 4
-    python -m tools.bench --quick                  # C = 19 and 100, batch 1, 2 repeats: minutes on a CPU
-    python -m tools.bench --quick --backbone tiny  # the tiny test CLIP (clip/tiny.py): seconds
+    python -m tools.bench                          # ViT-B/16 shapes, C = 19, 100, 1000, each recipe's batch
+    python -m tools.bench --quick                  # C = 19, 2 repeats: minutes on a CPU
+    python -m tools.bench --quick --backbone tiny  # tiny widths at CLIP's 12 layers (clip/tiny.py): seconds
 
-The reference design is CoCoOp as its repository computes it: a Python loop over the images of the batch,
-every class prompt at CLIP's full 77 tokens, and every row of the image tower's last block computed
-although only the class token is read. It is this project's own model with those two paths swapped
-(``reference_path``), so parameters and everything else are shared; "MuPL reference" is MuPL with the same
-swaps. Every reference's logits are checked against the fast path before timing. CLIP has
-random weights at real shapes, so nothing is downloaded.
+Each method is its registered trainer, built as train.py builds it from the trainer's default recipe
+(``configs/trainers/<T>/default_cfg.txt``: prompt sizes and depths, optimiser, batch size), with class
+names instead of a dataset and a CLIP of random weights at real shapes, so nothing is downloaded. A train
+step is the trainer's own ``forward_backward`` (every loss term, its update rule, the optimiser step);
+inference is its ``model_inference``.
+
+A method's reference design is the official code's path: the same trainer and model (same parameters)
+with two paths swapped by ``reference_path``. Text: each image's C class prompts through CLIP's tower at
+all 77 tokens, deep text prompts replacing positions 1..n at the input of layers 1..J-1, one tower call
+per image as CoCoOp's loop makes it (one per step where the prompts do not depend on the image); images:
+CLIP's full last block in every image tower, although only the class token is read. Logits and every
+loss term of both designs are checked equal before anything is timed.
 
 Peak memory is a configuration's (method, C, batch, train or infer) working memory: its peak over what is
 resident just before its warm-up runs, so neither the model build nor another configuration counts. GPU:
@@ -17,40 +23,61 @@ resident just before its warm-up runs, so neither the model build nor another co
 handed back to the OS (``malloc_trim``), so nothing an earlier configuration freed can be reused unseen,
 then the kernel's resident high-water mark is restarted (``/proc/self/clear_refs`` "5") and read back as
 ``ru_maxrss`` after the configuration's warm-up runs (the timed runs repeat them). Elsewhere the CPU peak
-is reported as null.
+is reported as null. ``--flops`` adds the floating-point operations of one step, counted by
+``torch.utils.flop_counter`` with attention on its math kernel (every query-key pair, causal or not).
 """
 import argparse
 import contextlib
 import ctypes
 import functools
+import io
 import json
 import os
 import platform
 import resource
 import statistics
+import tempfile
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
-from clip.model import CLIP, build_model
+import plugins
+import train
+from clip.model import CLIP, VisionTransformer, build_model
 from clip.tiny import build_tiny_clip
+from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import atomic_write
-from trainers import cocoop, mupl
-from trainers.common import cast_clip, default_trainer_node, freeze_all_but_prompt_learner
+from trainers.common import cast_clip
 
+REPO = Path(__file__).resolve().parents[1]
 VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
                context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
                transformer_layers=12)
+TINY_DEPTH = dict(vision_layers=12, transformer_layers=12)  # recipes name depths up to 12
+DATASET_CONFIG = "configs/datasets/oxford_pets.yaml"  # its base split has the issue's C = 19 classes
 WORDS = ["spotted", "long haired", "miniature", "great", "red", "saint", "siamese", "terrier", "hound", "cat"]
-REFERENCE = "CoCoOp reference"
-METHODS = {  # method -> (model, whether its text path is the reference loop)
-    REFERENCE: ("CoCoOp", True),
-    "CoCoOp (this project)": ("CoCoOp", False),
-    "MuPL reference": ("MuPL", True),
-    "MuPL (this project)": ("MuPL", False),
-}
+# Trainer -> the trainer whose reference design its "x ref" columns divide by. MuPL's target is CoCoOp's
+# reference design (CoCoOp's repository is where MuPL's text path comes from). A trainer joins with one
+# entry: KgCoOp and ProGrad go here as "KgCoOp": "KgCoOp" and "ProGrad": "ProGrad".
+TRAINERS = {"CoCoOp": "CoCoOp", "MuPL": "CoCoOp", "IVLP": "IVLP", "VPT": "VPT", "MaPLe": "MaPLe",
+            "PromptSRC": "PromptSRC"}
 MODES = ("train", "infer")
+
+
+def reference_name(trainer):
+    return f"{trainer} reference"
+
+
+METHODS = {  # method -> (trainer, whether it runs the reference design)
+    name: (trainer, reference)
+    for trainer in TRAINERS
+    for name, reference in ((reference_name(trainer), True), (f"{trainer} (this project)", False))
+}
 
 
 def class_names(count):
@@ -58,42 +85,45 @@ def class_names(count):
     return [" ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(1 + i % 3)) + f" {i}" for i in range(count)]
 
 
+def random_clip(backbone):
+    """An fp16 CLIP with seeded random weights: ViT-B/16's shapes, or the tiny CLIP's widths at 12 layers."""
+    torch.manual_seed(0)
+    if backbone == "tiny":
+        return build_tiny_clip("vit", **TINY_DEPTH)
+    return build_model(CLIP(**VIT_B16).state_dict())
+
+
 def build_clip(backbone, prec):
-    torch.manual_seed(0)
-    clip_model = build_tiny_clip("vit") if backbone == "tiny" else build_model(CLIP(**VIT_B16).state_dict())
-    return cast_clip(clip_model, prec)
+    return cast_clip(random_clip(backbone), prec)
 
 
-def build_models(clip_model, names, device):
-    torch.manual_seed(0)
-    models = {
-        "CoCoOp": cocoop.CoCoOpCLIP(default_trainer_node(cocoop, "COCOOP", N_CTX=4, CTX_INIT="a photo of a"),
-                                    names, clip_model),
-        "MuPL": mupl.MuPLCLIP(default_trainer_node(mupl, "MUPL"), names, clip_model),
-    }
-    for model in models.values():
-        model.to(device)
-        freeze_all_but_prompt_learner(model)
-    return models
+# --- the reference design -------------------------------------------------------------------------------
 
-
-def reference_text(tower, per_image_prompts, eot):
-    """CoCoOp's repository's text path, as written there against OpenAI's CLIP: each image's (C, 77, D)
-    prompts through the whole text tower (all 77 positions, every row of the last block; sequence-first, as
-    OpenAI's ``transformer`` takes them), read at EOT -> (B, C, E), not normalised. ``tower`` is a CLIP
-    model or a ``TextEncoder`` (the same attribute names)."""
+def reference_text(tower, per_image_prompts, eot, deep_prompts=()):
+    """The official text path, as written there against OpenAI's CLIP: each image's (C, 77, D) prompts
+    through the whole text tower (all 77 positions, every row of the last block; sequence-first, block by
+    block as OpenAI's ``transformer`` runs them), ``deep_prompts[i]`` (n, D) replacing positions 1..n at the
+    input of block i + 1, read at EOT -> (B, C, E), not normalised. ``tower`` is a CLIP model or a
+    ``TextEncoder`` (the same attribute names)."""
     features = []
     for prompts in per_image_prompts:
-        x = prompts + tower.positional_embedding.type(prompts.dtype)
-        x = tower.ln_final(tower.transformer(x.permute(1, 0, 2)).permute(1, 0, 2))
+        x = (prompts + tower.positional_embedding.type(prompts.dtype)).permute(1, 0, 2)
+        for index, block in enumerate(tower.transformer.resblocks):
+            if 1 <= index <= len(deep_prompts):
+                deep = deep_prompts[index - 1].type(x.dtype)
+                x = torch.cat([x[:1], deep[:, None].expand(-1, x.shape[1], -1), x[1 + deep.shape[0]:]])
+            x = block(x)
+        x = tower.ln_final(x.permute(1, 0, 2))
         features.append(x[torch.arange(x.shape[0]), eot] @ tower.text_projection)
     return torch.stack(features)
 
 
-def reference_instance_text(model, ctx):
-    """(B, n_ctx, D) -> (B, C, E) normalised, each image's prompts assembled inside the loop as there."""
+def reference_instance_text(model, ctx, deep_prompts=None):
+    """``encode_instance_text`` the official way: (B, n_ctx, D) -> (B, C, E) normalised, each image's
+    prompts assembled at 77 tokens inside the loop."""
     prompts = (model.class_prompts.assemble(image_ctx.type(model.dtype)) for image_ctx in ctx)
-    return F.normalize(reference_text(model.text_encoder, prompts, model.class_prompts.eot), dim=-1)
+    return F.normalize(reference_text(model.text_encoder, prompts, model.class_prompts.eot, deep_prompts or ()),
+                       dim=-1)
 
 
 def full_last_block(block, x, rows, prefix=None):
@@ -105,26 +135,100 @@ def full_last_block(block, x, rows, prefix=None):
 
 @contextlib.contextmanager
 def reference_path(model):
-    """The model's own forward with the reference's text loop and full last image block swapped in."""
-    model.encode_instance_text = functools.partial(reference_instance_text, model)
-    tower = getattr(model.image_encoder, "transformer", None)  # ViT; a ResNet has no such block
-    last = tower.resblocks[-1] if tower is not None else None
-    if last is not None:
-        last.forward_rows = functools.partial(full_last_block, last)
+    """The model's own forward with the official code's paths swapped in: its per-step text (if it has
+    one) through ``reference_instance_text``, CLIP's full last block in every ViT image tower it holds
+    (the prompted one, and a frozen zero-shot one where the method has it)."""
+    swapped = []
+    if hasattr(model, "encode_instance_text"):
+        model.encode_instance_text = functools.partial(reference_instance_text, model)
+        swapped.append((model, "encode_instance_text"))
+    for tower in model.modules():
+        if isinstance(tower, VisionTransformer):
+            last = tower.transformer.resblocks[-1]
+            last.forward_rows = functools.partial(full_last_block, last)
+            swapped.append((last, "forward_rows"))
     try:
         yield model
     finally:
-        del model.encode_instance_text
-        if last is not None:
-            del last.forward_rows
+        for owner, name in swapped:
+            delattr(owner, name)
+
+
+def design(model, reference):
+    return reference_path(model) if reference else contextlib.nullcontext(model)
 
 
 def logits(model, image, reference):
-    if not reference:
-        return model(image)
-    with reference_path(model):
+    with design(model, reference):
         return model(image)
 
+
+def outputs(model, image, label, reference):
+    """Inference logits and every training loss term of one design, without autograd."""
+    with torch.no_grad(), design(model, reference):
+        loss, train_logits = model.training_loss(image, label)
+        terms = loss if isinstance(loss, dict) else {"loss": loss}
+        return {"logits": model(image), "training logits": train_logits, **terms}
+
+
+def check_reference(trainer, image, label):
+    fast, slow = (outputs(trainer.model, image, label, reference) for reference in (False, True))
+    for name, value in fast.items():
+        value, expected = value.float(), slow[name].float()
+        if not torch.allclose(value, expected, atol=1e-3 * max(expected.abs().max().item(), 1e-3)):
+            raise AssertionError(f"{trainer.cfg.TRAINER.NAME}: {name} of the fast and the reference design disagree")
+
+
+# --- trainers as train.py builds them -------------------------------------------------------------------
+
+def recipe_file(trainer):
+    folder = REPO / "configs" / "trainers" / trainer
+    return folder / f"{(folder / 'default_cfg.txt').read_text().strip()}.yaml"
+
+
+def recipe_cfg(trainer, weights, cpu, prec=None):
+    """train.py's config for the trainer's default recipe, with the bench's CLIP weights file."""
+    opts = ["MODEL.BACKBONE.NAME", weights, "USE_CUDA", str(not cpu)]
+    if prec:
+        opts += [f"TRAINER.{TRAINER_REGISTRY.get(trainer).CFG_NODE}.PREC", prec]
+    args = train.build_parser().parse_args(["--trainer", trainer, "--dataset-config-file", str(REPO / DATASET_CONFIG),
+                                            "--config-file", str(recipe_file(trainer)), *opts])
+    return train.setup_cfg(args, plugins.import_plugins())
+
+
+def build_trainer(cfg, classnames):
+    """The registered trainer, built by its own ``__init__`` (model, optimiser, scheduler, scaler), with
+    ``classnames`` in place of a dataset; never at an epoch's last batch, so a step does no epoch-end work."""
+    registered = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+
+    class WithoutData(registered):
+        def build_data_loader(self):
+            self.dm = SimpleNamespace(dataset=SimpleNamespace(classnames=list(classnames)))
+            self.num_classes = len(classnames)
+            self.lab2cname = dict(enumerate(classnames))
+
+    with contextlib.redirect_stdout(io.StringIO()):  # build notes, not benchmark output
+        trainer = WithoutData(cfg)
+    trainer.batch_idx, trainer.num_batches = 0, 2
+    return trainer
+
+
+def step_fn(trainer, image, label, reference, mode):
+    model = trainer.model
+    if mode == "infer":
+        def infer():
+            with torch.no_grad(), design(model, reference):
+                trainer.model_inference(image)
+        return infer
+    batch = {"img": image, "label": label}
+
+    def train_step():
+        with design(model, reference):
+            trainer.forward_backward(batch)
+    return train_step
+
+
+# --- measuring ------------------------------------------------------------------------------------------
 
 def reset_resident_peak():
     """Trim the heap and restart the resident high-water mark; False where Linux + glibc are missing."""
@@ -203,65 +307,73 @@ def measure(fns, device, repeats, warmup):
     return [(statistics.median(samples), peak) for samples, peak in zip(times, peaks)]
 
 
-def step_fn(model, image, label, reference, mode):
-    if mode == "infer":
-        def infer():
-            with torch.no_grad():
-                logits(model, image, reference)
-        return infer
-    optimizer = torch.optim.SGD(model.prompt_learner.parameters(), lr=1e-3)
-
-    def train():
-        optimizer.zero_grad()
-        F.cross_entropy(logits(model, image, reference), label).backward()
-        optimizer.step()
-    return train
-
-
-def check_reference(model, image):
-    with torch.no_grad():
-        fast, slow = logits(model, image, False).float(), logits(model, image, True).float()
-    if not torch.allclose(fast, slow, atol=1e-3 * fast.abs().max().item()):
-        raise AssertionError(f"fast and reference logits of {type(model).__name__} disagree")
+def counted_flops(fn):
+    """Floating-point operations of one call (matrix products, convolutions, attention on the math kernel)."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
 def run(args):
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    clip_model = build_clip(args.backbone, "fp32" if device.type == "cpu" else args.prec).to(device)
+    trainers_needed = list(dict.fromkeys(METHODS[m][0] for m in args.methods))
+    clip_model = random_clip(args.backbone)
     resolution = clip_model.visual.input_resolution
-    rows = []
-    for n_cls in args.classes:
-        models = build_models(clip_model, class_names(n_cls), device)
-        for batch in args.batch:
-            image = torch.randn(batch, 3, resolution, resolution, device=device)
-            label = torch.arange(batch, device=device) % n_cls
-            for name in {METHODS[m][0] for m in args.methods if METHODS[m][1]}:
-                check_reference(models[name], image)
-            for mode in args.modes:
-                steps = [step_fn(models[METHODS[m][0]], image, label, METHODS[m][1], mode) for m in args.methods]
-                results = measure(steps, device, args.repeats, args.warmup)
-                for method, (seconds, peak) in zip(args.methods, results):
-                    rows.append(dict(backbone=args.backbone, classes=n_cls, batch=batch, method=method, mode=mode,
-                                     ms_per_image=1000 * seconds / batch, images_per_s=batch / seconds,
-                                     peak_mib=None if peak is None else peak / 2 ** 20))
-                    print(f"C={n_cls:<5} B={batch} {mode:<5} {method:<22} {rows[-1]['ms_per_image']:9.1f} ms/img  "
-                          f"peak {fmt(rows[-1]['peak_mib'], '.0f')} MiB", flush=True)
-        del models
+    rows, device = [], None
+    with tempfile.TemporaryDirectory() as folder:
+        weights = os.path.join(folder, "clip.pt")
+        torch.save(clip_model.state_dict(), weights)
+        del clip_model
+        cfgs = {t: recipe_cfg(t, weights, args.cpu, args.prec) for t in trainers_needed}
+        for n_cls in args.classes:
+            trainers = {t: build_trainer(cfgs[t], class_names(n_cls)) for t in trainers_needed}
+            device = next(iter(trainers.values())).device
+            for batch in args.batch or [None]:
+                inputs = {t: random_batch(batch or cfgs[t].DATALOADER.TRAIN_X.BATCH_SIZE, n_cls, resolution, device)
+                          for t in trainers_needed}
+                for t in {METHODS[m][0] for m in args.methods if METHODS[m][1]}:
+                    check_reference(trainers[t], *inputs[t])
+                for mode in args.modes:
+                    rows += run_mode(args, trainers, inputs, n_cls, mode, device)
+            del trainers
     add_ratios(rows)
     return device, rows
 
 
+def random_batch(batch, n_cls, resolution, device):
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randn(batch, 3, resolution, resolution, generator=generator)
+    return image.to(device), (torch.arange(batch) % n_cls).to(device)
+
+
+def run_mode(args, trainers, inputs, n_cls, mode, device):
+    for trainer in trainers.values():
+        trainer.set_model_mode("train" if mode == "train" else "eval")
+    steps = [step_fn(trainers[METHODS[m][0]], *inputs[METHODS[m][0]], METHODS[m][1], mode) for m in args.methods]
+    flops = [counted_flops(step) if args.flops else None for step in steps]
+    rows = []
+    for method, (seconds, peak), flop in zip(args.methods, measure(steps, device, args.repeats, args.warmup), flops):
+        trainer = METHODS[method][0]
+        batch = len(inputs[trainer][1])
+        rows.append(dict(backbone=args.backbone, classes=n_cls, batch=batch, method=method, trainer=trainer,
+                         reference=reference_name(TRAINERS[trainer]), mode=mode,
+                         ms_per_image=1000 * seconds / batch, images_per_s=batch / seconds,
+                         peak_mib=None if peak is None else peak / 2 ** 20,
+                         gflop_per_image=None if flop is None else flop / batch / 1e9))
+        print(f"C={n_cls:<5} B={batch:<3} {mode:<5} {method:<26} {rows[-1]['ms_per_image']:9.1f} ms/img  "
+              f"peak {fmt(rows[-1]['peak_mib'], '.0f')} MiB", flush=True)
+    return rows
+
+
 def add_ratios(rows):
-    """Time and peak of each row over the CoCoOp reference's at the same C, batch and mode (None without one)."""
-    refs = {(r["classes"], r["batch"], r["mode"]): r for r in rows if r["method"] == REFERENCE}
+    """Time, peak and FLOPs of each row over those of its reference design at the same C, batch and mode
+    (None where that reference was not run)."""
+    refs = {(r["method"], r["classes"], r["batch"], r["mode"]): r for r in rows}
     for row in rows:
-        ref = refs.get((row["classes"], row["batch"], row["mode"]))
+        ref = refs.get((row["reference"], row["classes"], row["batch"], row["mode"]))
         row["ratio_to_reference"] = None if ref is None else row["ms_per_image"] / ref["ms_per_image"]
         row["speedup_vs_reference"] = None if ref is None else row["images_per_s"] / ref["images_per_s"]
-        row["peak_ratio_to_reference"] = (
-            row["peak_mib"] / ref["peak_mib"] if ref is not None and row["peak_mib"] is not None and ref["peak_mib"]
-            else None
-        )
+        for key, ratio in (("peak_mib", "peak_ratio_to_reference"), ("gflop_per_image", "flop_ratio_to_reference")):
+            row[ratio] = row[key] / ref[key] if ref is not None and row[key] is not None and ref[key] else None
 
 
 def fmt(value, spec):
@@ -270,13 +382,14 @@ def fmt(value, spec):
 
 def markdown(rows, machine):
     lines = [f"Machine: {machine}", "",
-             "| mode | C | batch | method | ms/img | img/s | time x ref | img/s x ref | peak MiB | peak x ref |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| mode | C | batch | method | ms/img | img/s | time x ref | peak MiB | peak x ref | GFLOP/img "
+             "| GFLOP x ref |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['mode']} | {r['classes']} | {r['batch']} | {r['method']} | {r['ms_per_image']:.1f} | "
                      f"{r['images_per_s']:.2f} | {fmt(r['ratio_to_reference'], '.2f')} | "
-                     f"{fmt(r['speedup_vs_reference'], '.2f')} | {fmt(r['peak_mib'], '.0f')} | "
-                     f"{fmt(r['peak_ratio_to_reference'], '.2f')} |")
+                     f"{fmt(r['peak_mib'], '.0f')} | {fmt(r['peak_ratio_to_reference'], '.2f')} | "
+                     f"{fmt(r['gflop_per_image'], '.1f')} | {fmt(r['flop_ratio_to_reference'], '.2f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -299,24 +412,27 @@ def cpu_model():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="defaults C = 19 and 100, batch 1, 2 repeats")
+    parser.add_argument("--quick", action="store_true", help="defaults C = 19, 2 repeats")
     parser.add_argument("--backbone", default="vit_b16", choices=["vit_b16", "tiny"],
-                        help="ViT-B/16 shapes, or the tiny test CLIP of clip/tiny.py")
+                        help="ViT-B/16 shapes, or the tiny test CLIP's widths (clip/tiny.py) at 12 layers")
     parser.add_argument("--classes", type=int, nargs="+", help="default 19 100 1000")
-    parser.add_argument("--batch", type=int, nargs="+", help="default 1 4")
+    parser.add_argument("--batch", type=int, nargs="+", help="images per step, for every method (default: each "
+                                                             "trainer's recipe, DATALOADER.TRAIN_X.BATCH_SIZE)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--repeats", type=int, help="timed runs per configuration (median); default 5")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--prec", default="fp16", choices=["fp16", "fp32"], help="CLIP precision on a GPU")
+    parser.add_argument("--flops", action="store_true", help="also count each step's FLOPs (one more run each)")
+    parser.add_argument("--prec", choices=["fp16", "fp32", "amp", "bf16"],
+                        help="every trainer's PREC (default: its recipe's; fp16 runs as fp32 on the CPU)")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--out", default="output/bench", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    quick = dict(classes=[19, 100], batch=[1], repeats=2)
-    full = dict(classes=[19, 100, 1000], batch=[1, 4], repeats=5)
+    quick = dict(classes=[19], repeats=2)
+    full = dict(classes=[19, 100, 1000], repeats=5)
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
