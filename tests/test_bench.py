@@ -79,11 +79,21 @@ def test_reference_design_is_the_same_model_run_the_official_way(weights, name):
 def test_a_reference_that_ignores_deep_text_prompts_is_refused_before_timing(weights, monkeypatch):
     trainer = tiny_trainer(weights, "IVLP")
     image, label = bench.random_batch(2, N_CLASSES, 32, torch.device("cpu"))
-    bench.check_reference(trainer, image, label)
+    bench.first_run(trainer, image, label, check_reference=True)
     without_deep = bench.reference_instance_text
     monkeypatch.setattr(bench, "reference_instance_text", lambda model, ctx, deep=None: without_deep(model, ctx))
     with pytest.raises(AssertionError, match="IVLP: logits of the fast and the reference design disagree"):
-        bench.check_reference(trainer, image, label)
+        bench.first_run(trainer, image, label, check_reference=True)
+
+
+def test_per_class_set_caches_are_filled_before_anything_is_measured(weights):
+    """Without a reference to check, the first run still builds VPT's classifier, so the first counted
+    (or timed) step is a step like every other."""
+    trainer = tiny_trainer(weights, "VPT")
+    image, label = bench.random_batch(2, N_CLASSES, 32, torch.device("cpu"))
+    bench.first_run(trainer, image, label, check_reference=False)
+    step = bench.step_fn(trainer, image, label, reference=False, mode="train")
+    assert bench.counted_flops(step) == bench.counted_flops(step) > 0
 
 
 def test_quick_tiny_run_checks_times_and_counts_every_method(tmp_path):

@@ -171,8 +171,14 @@ def outputs(model, image, label, reference):
         return {"logits": model(image), "training logits": train_logits, **terms}
 
 
-def check_reference(trainer, image, label):
-    fast, slow = (outputs(trainer.model, image, label, reference) for reference in (False, True))
+def first_run(trainer, image, label, check_reference):
+    """The fast design once before anything is measured, so per-class-set caches (hand-written prompt
+    features) are filled outside every timing, peak and count; with ``check_reference``, the reference
+    design's outputs must equal its outputs."""
+    fast = outputs(trainer.model, image, label, reference=False)
+    if not check_reference:
+        return
+    slow = outputs(trainer.model, image, label, reference=True)
     for name, value in fast.items():
         value, expected = value.float(), slow[name].float()
         if not torch.allclose(value, expected, atol=1e-3 * max(expected.abs().max().item(), 1e-3)):
@@ -330,8 +336,9 @@ def run(args):
             for batch in args.batch or [None]:
                 inputs = {t: random_batch(batch or cfgs[t].DATALOADER.TRAIN_X.BATCH_SIZE, n_cls, resolution, device)
                           for t in trainers_needed}
-                for t in {METHODS[m][0] for m in args.methods if METHODS[m][1]}:
-                    check_reference(trainers[t], *inputs[t])
+                references = {METHODS[m][0] for m in args.methods if METHODS[m][1]}
+                for t in trainers_needed:
+                    first_run(trainers[t], *inputs[t], check_reference=t in references)
                 for mode in args.modes:
                     rows += run_mode(args, trainers, inputs, n_cls, mode, device)
             del trainers
