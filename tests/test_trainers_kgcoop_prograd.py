@@ -43,8 +43,9 @@ def batch():
     return images, torch.tensor([0, 1, 2, 1])
 
 
-def words(text):
-    return [text.format(name.replace("_", " ")) for name in CLASSNAMES]
+def filled(template):
+    """``template`` for every class name, as the official code writes them."""
+    return [template.format(name.replace("_", " ")) for name in CLASSNAMES]
 
 
 def token_embeddings(clip_model, texts):
@@ -55,7 +56,7 @@ def token_embeddings(clip_model, texts):
 def reference_class_text(clip_model, prompt_text, ctx):
     """The official text path: the whole 77-token prompt "<prompt_text> <class>." of every class, ctx in
     positions 1 .. n_ctx, through the whole tower; normalised (C, E)."""
-    embeddings, eot = token_embeddings(clip_model, [f"{prompt_text} {name}." for name in words("{}")])
+    embeddings, eot = token_embeddings(clip_model, filled(prompt_text + " {}."))
     prompts = torch.cat([embeddings[:, :1], ctx.expand(len(CLASSNAMES), -1, -1),
                          embeddings[:, 1 + ctx.shape[0]:]], dim=1)
     return F.normalize(reference_text(clip_model, [prompts], eot)[0], dim=-1)
@@ -63,7 +64,7 @@ def reference_class_text(clip_model, prompt_text, ctx):
 
 def hand_written(clip_model, template):
     with torch.no_grad():
-        return F.normalize(clip_model.encode_text(clip.tokenize(words(template))), dim=-1)
+        return F.normalize(clip_model.encode_text(clip.tokenize(filled(template))), dim=-1)
 
 
 def image_features(clip_model, images):
@@ -85,7 +86,7 @@ def prograd_model(clip_model, dataset="OxfordPets", temperature=1.0, **values):
 
 
 def moved(model, seed=0):
-    """The context moved off its initial value, so every slot (ProGrad's zeros too) carries gradient."""
+    """The context moved off its initial value (ProGrad's zero rows too), as after some training."""
     with torch.no_grad():
         ctx = model.prompt_learner.ctx
         ctx += 0.05 * torch.randn(ctx.shape, generator=torch.Generator().manual_seed(seed))
@@ -142,7 +143,7 @@ def test_prograd_init_puts_the_template_in_the_last_slots_and_zeros_before(clip_
     assert torch.equal(ctx[16 - n_words:], phrase_embeddings)
     # The prompt reads "X .. X <phrase> <class>.": what does not fit the slots stays fixed after them.
     prompt = " ".join(["X"] * (16 - n_words) + [phrase])
-    embeddings, eot = token_embeddings(clip_model, [f"{prompt} {name}." for name in words("{}")])
+    embeddings, eot = token_embeddings(clip_model, filled(prompt + " {}."))
     assert torch.equal(model.class_prompts.token_suffix.float(), embeddings[:, 17:])
     assert torch.equal(model.class_prompts.eot, eot)
     assert model.class_prompts.fixed_init_tokens == n_tokens - n_words
