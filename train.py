@@ -96,7 +96,10 @@ def check_request(cfg, args):
     """Everything that can be refused before a log file or folder is written."""
     check_availability(cfg.TRAINER.NAME, TRAINER_REGISTRY.registered_names())
     check_availability(cfg.DATASET.NAME, DATASET_REGISTRY.registered_names())
-    learns_weights = getattr(TRAINER_REGISTRY.get(cfg.TRAINER.NAME), "LEARNS_WEIGHTS", True)
+    trainer_class = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    if hasattr(trainer_class, "validate_cfg"):  # the trainer's own config refusals (PromptTrainer)
+        trainer_class.validate_cfg(cfg)
+    learns_weights = getattr(trainer_class, "LEARNS_WEIGHTS", True)
     if args.eval_only and not args.model_dir and learns_weights:
         raise ValueError("--eval-only needs --model-dir (the output folder of the training run)")
 

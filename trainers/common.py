@@ -55,6 +55,16 @@ def default_trainer_node(trainer_module, name, **values):
     return node
 
 
+def node_with(node, **values):
+    """A copy of config ``node`` with ``values`` in place of its own: a trainer that overrides a key (KgCoOp
+    and ProGrad choose CoOp's initial phrase themselves) leaves the run's frozen config as it is."""
+    node = node.clone()
+    node.defrost()
+    for key, value in values.items():
+        setattr(node, key, value)
+    return node
+
+
 def clip_cache_dir(cfg):
     if cfg.MODEL.BACKBONE.get("CACHE_DIR", ""):
         return cfg.MODEL.BACKBONE.CACHE_DIR
