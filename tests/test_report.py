@@ -174,3 +174,11 @@ def test_published_average_row_used_when_all_eleven_present(tmp_path):
     labels = list(report.BASE2NEW_DATASETS.values())
     assert report.average_published(reference["MuPL-paper-derived"], labels) == (83.22, 76.48, 79.71)
     assert report.average_published(reference["CoCoOp"], labels) == (80.47, 71.69, 75.83)
+
+
+def test_a_tree_of_unfinished_runs_only_reports_them_without_a_table(tmp_path):
+    """What a sweep stopped during its first training leaves: no table, no figure, the run listed."""
+    write_log(b2n(tmp_path, "train_base", "oxford_pets", "MuPL", "cfg_m", 1), 0.0, "unfinished")
+    files, text = report.build_report(str(tmp_path), seeds=(1,))
+    assert set(files) == {"report.md"}
+    assert "- MuPL (cfg_m) oxford_pets train_base: seed 1 unfinished" in text
