@@ -184,7 +184,7 @@ def test_the_estimate_says_where_each_number_comes_from(first_sweep, inputs, mon
     assert re.search(r"Estimated cost of the 14 jobs to run: [\d.]+ GPU-hours", out)
     assert "  1 jobs: the measured time of finished runs of the same trainer, config and dataset" in out
     assert "  5 jobs: the same trainer's measured time, scaled by dataset size" in out   # other CoCoOp jobs
-    assert "  8 jobs: the published cost of 160 ms per training image (docs/results.md): an estimate" in out
+    assert "  8 jobs: CoCoOp's published cost of 160 ms per training image (docs/results.md)" in out
 
     # MuPL's base-to-new training on Oxford Pets at the published cost: 2 shots x 19 base classes x 30
     # epochs, and its 3669 test images x 19/37 (the base half) at a third of a training image each

@@ -50,7 +50,7 @@ def test_slurm_requeues_a_stopped_job_which_resumes_and_never_requeues_a_failure
     env = dict(os.environ, SLURM_CONF=slurm_conf, DATA=str(tmp_path / "data"), OUTPUT=str(output), SHOTS="2",
                PYTHON=sys.executable)
     command = [sys.executable, "-m", "tools.sweep", "base2new", "--trainers", "CoCoOp", "--seeds", "1",
-               "--launcher", "slurm", "--time", "10", "--gpus-per-job", "0", "--cpus-per-job", "1",
+               "--launcher", "slurm", "--time", "10", "--gpus-per-job", "0", "--cpus-per-job", "1", "--poll", "1",
                "--datasets", "oxford_pets", "dtd",
                "MODEL.BACKBONE.NAME", str(tmp_path / "tiny.pt"), "INPUT.SIZE", "(32, 32)", "OPTIM.MAX_EPOCH", "8",
                "TRAIN.CHECKPOINT_FREQ", "1", "DATALOADER.NUM_WORKERS", "0"]
@@ -61,16 +61,18 @@ def test_slurm_requeues_a_stopped_job_which_resumes_and_never_requeues_a_failure
     train_id = ledger[str(train)]
     # the signal Slurm sends --signal-delay seconds before the time limit: submitit checkpoints, requeues
     slurm(env, "scancel", "--signal=USR2", train_id)
-    # Slurm holds a requeued job back for two minutes (reason BeginTime); let it start now
+    # Slurm holds a requeued job back for two minutes (reason BeginTime); let it start in 2 s instead (not
+    # at once: slurmd refuses to launch a job in the same second as it revoked the job's previous run)
     wait_for(lambda: slurm(env, "squeue", "-h", "-j", train_id, "-o", "%T %r") == "PENDING BeginTime", 60,
              "the requeue")
-    slurm(env, "scontrol", "update", f"JobId={train_id}", "StartTime=now")
+    slurm(env, "scontrol", "update", f"JobId={train_id}", "StartTime=now+2")
     out = sweep.communicate(timeout=300)[0]
 
     assert sweep.returncode == 1, out
     assert "Interrupted by signal 15" in (train / "log.txt").read_text()
-    resumed = sorted(train.glob("log.txt-*"))[-1].read_text()
-    assert "Resumed from epoch" in resumed and "epoch [1/" not in resumed and "epoch [8/8]" in resumed
+    resumed = [log.read_text() for log in sorted(train.glob("log.txt-*"))]
+    assert len(resumed) == 1, out
+    assert "Resumed from epoch" in resumed[0] and "epoch [1/" not in resumed[0] and "epoch [8/8]" in resumed[0]
     assert "Restarts=1 " in slurm(env, "scontrol", "show", "job", train_id)
     test = output / "base2new" / "test_new" / "oxford_pets" / "shots_2" / "CoCoOp" / CFG / "seed1"
     assert read_run_result(train)[0] is not None and read_run_result(test)[0] is not None

@@ -40,7 +40,7 @@ write_conf() {
     cat > "$CONF" <<CONF
 # Written by tools/slurm/start_local_slurm.sh: one node (this machine), for tests.
 ClusterName=mupl-local
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -62,7 +62,7 @@ ReturnToService=2
 KillWait=10
 MinJobAge=600
 SchedulerParameters=sched_interval=1
-NodeName=$host CPUs=$cpus RealMemory=$memory State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory State=UNKNOWN
 PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 }

@@ -31,13 +31,17 @@ def start(command, env, log_path, header, ignore_signals=()):
                                 preexec_fn=ignore if ignore_signals else None)
 
 
-def stop(process, timeout):
+def terminate(process):
     """SIGTERM to the job's own process (train.py, which the script became: it stops after the current
     iteration with a checkpoint), never to its data-loader workers, which would die before that
-    checkpoint is written; SIGKILL to its whole session after ``timeout`` seconds. Polls only (no
-    blocking wait), so a signal handler may call it while the main loop polls the same process."""
+    checkpoint is written."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
+
+
+def wait_or_kill(process, timeout):
+    """The exit code once the process ends, after SIGKILL to its whole session past ``timeout`` seconds.
+    Polls only (no blocking wait), so a signal handler may call it while the main loop polls too."""
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -49,6 +53,11 @@ def stop(process, timeout):
         while process.poll() is None and time.monotonic() < deadline + 10:
             time.sleep(0.1)
     return process.returncode
+
+
+def stop(process, timeout):
+    terminate(process)
+    return wait_or_kill(process, timeout)
 
 
 def tail(log_path, lines=TAIL_LINES):

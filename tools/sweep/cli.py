@@ -63,6 +63,7 @@ def build_parser():
     slurm.add_argument("--signal-delay", type=int, default=120,
                        help="seconds before the time limit at which a job is stopped with a checkpoint and requeued")
     slurm.add_argument("--no-wait", action="store_true", help="submit, then exit (rerun to follow the jobs)")
+    slurm.add_argument("--poll", type=float, default=30, help="seconds between two looks at the queue (squeue)")
     return parser
 
 
@@ -80,21 +81,27 @@ def parse(argv):
     if args.slots is not None and args.slots < 1:
         parser.error("--slots must be at least 1")
     args.gpus = [gpu for gpu in (args.gpus or "").split(",") if gpu]
-    gpus_per_job = int(os.environ.get("NGPU", 1))
-    if len(args.gpus) % gpus_per_job:
-        parser.error(f"--gpus lists {len(args.gpus)} GPUs, not a multiple of NGPU={gpus_per_job} (GPUs per job)")
     return args
 
 
 def sweep_settings(args):
+    """The jobs' environment as the scripts read it (folders made absolute, for Slurm's nodes)."""
     env = {"DATA": osp.abspath(os.environ.get("DATA", "./data")),
            "OUTPUT": osp.abspath(os.environ.get("OUTPUT", "./output")),
            "SHOTS": os.environ.get("SHOTS", "16"),
            "PYTHON": os.environ.get("PYTHON", sys.executable)}
     if "NGPU" in os.environ:
         env["NGPU"] = os.environ["NGPU"]
-    log_dir = osp.abspath(args.log_dir or osp.join(env["OUTPUT"], "sweep"))
-    return Settings(env, log_dir, args.force, args.stop_timeout)
+    for name in ("SHOTS", "NGPU"):
+        value = env.get(name, "1")
+        if not value.isdigit() or int(value) < 1:
+            raise SweepError(f"{name} must be a positive whole number, got '{value}'")
+    settings = Settings(env, osp.abspath(args.log_dir or osp.join(env["OUTPUT"], "sweep")), args.force,
+                        args.stop_timeout)
+    if len(args.gpus) % settings.gpus_per_job:
+        raise SweepError(f"--gpus lists {len(args.gpus)} GPUs, not a multiple of NGPU={settings.gpus_per_job}, "
+                         "the GPUs of one job")
+    return settings
 
 
 def plan_title(job):
@@ -133,7 +140,7 @@ def print_results(args, jobs, settings):
 def run(args, jobs, settings, estimator):
     """Launch; returns (states, details, stop signal or None)."""
     if args.launcher == "local":
-        slots = slots_for(args.gpus, args.slots or 1, int(settings.env.get("NGPU", 1)))
+        slots = slots_for(args.gpus, args.slots or 1, settings.gpus_per_job)
         queue = LocalQueue(jobs, settings, slots, estimator)
         states = queue.run()
         return states, queue.details, queue.stop_signal
@@ -152,8 +159,8 @@ def run(args, jobs, settings, estimator):
 
 def main(argv=None):
     args = parse(argv)
-    settings = sweep_settings(args)
     try:
+        settings = sweep_settings(args)
         jobs = plan(args.benchmark, args.trainers, args.configs, args.datasets, args.seeds, args.shot_list,
                     args.opts, settings)
         if args.launcher == "slurm" and args.dry_run:
@@ -163,7 +170,7 @@ def main(argv=None):
         return 2
     estimator = Estimator(jobs, args.opts, settings)
     if args.dry_run:
-        print_plan(jobs, estimator, args.gpus_per_job if args.launcher == "slurm" else int(settings.env.get("NGPU", 1)))
+        print_plan(jobs, estimator, args.gpus_per_job if args.launcher == "slurm" else settings.gpus_per_job)
         return 0
     states, details, stop_signal = run(args, jobs, settings, estimator)
     if states is None:

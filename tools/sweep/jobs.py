@@ -43,6 +43,11 @@ class Settings:
     force: bool = False         # --force: the scripts move existing runs aside first
     stop_timeout: float = 120   # seconds a stopped job gets to write its checkpoint
 
+    @property
+    def gpus_per_job(self):
+        """NGPU: the GPUs (torchrun processes) of one job."""
+        return int(self.env.get("NGPU", 1))
+
     def process_env(self, **extra):
         """The environment of a script run here: this process's, the sweep's variables, ``extra``."""
         return {**os.environ, **self.env, **extra}
@@ -143,8 +148,8 @@ def mark_states(jobs, force):
         holder = folder_in_use(job.run_dir)
         if holder:
             job.state, job.holder = HELD, holder
-        elif force:
-            job.state = RERUN if job.state != START else START
+        elif force and job.state != START:
+            job.state = RERUN
 
 
 def plan(benchmark, trainers, configs, datasets, seeds, shot_list, opts, settings):

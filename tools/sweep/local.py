@@ -5,7 +5,6 @@ only stops the jobs that need it; Ctrl-C or SIGTERM stops the running jobs with 
 same command later continues where it stopped. A run folder held by another live process is left
 alone and watched: once free, its job counts as finished (the other process finished it) or is started.
 """
-import signal
 import time
 
 from dassl.utils.runlock import folder_in_use
@@ -139,11 +138,10 @@ class LocalQueue:
     def _stop_all(self):
         """Every running job gets SIGTERM at once, then each its time to write a checkpoint."""
         self._event(f"stopping {len(self.running)} running jobs (signal {self.stop_signal})")
-        for index, process, _ in self.running.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for slot, (index, process, started) in list(self.running.items()):
-            code = child.stop(process, self.settings.stop_timeout)
+        for _, process, _ in self.running.values():
+            child.terminate(process)
+        for slot, (index, process, _) in list(self.running.items()):
+            code = child.wait_or_kill(process, self.settings.stop_timeout)
             self.states[index] = DONE if code == 0 else INTERRUPTED
             if code != 0:
                 self.details[index] = f"exit code {code}"

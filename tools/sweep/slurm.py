@@ -17,14 +17,13 @@ import submitit
 
 from tools.report import write_atomic
 
-from .jobs import FINISHED, HELD, QUEUED, REPO, TO_RUN, ask_script
 from . import child
+from .jobs import FINISHED, HELD, QUEUED, REPO, TO_RUN, ask_script
 from .progress import BLOCKED, DONE, FAILED, RUNNING, WAITING, Progress, count
 from .progress import HELD as HELD_ELSEWHERE
 from .progress import QUEUED as IN_QUEUE
 from .slurm_job import RunFolderHeld, ScriptJob
 
-POLL_SECONDS = 2.0
 # squeue states of a job that is not over (a requeued job is PENDING again, its reason BeginTime).
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
           "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
@@ -132,7 +131,7 @@ class SlurmQueue:
                     progress.tick(count(self.states))
                     if not any(state in (IN_QUEUE, WAITING, RUNNING) for state in self.states.values()):
                         break
-                    time.sleep(POLL_SECONDS)
+                    time.sleep(self.options.poll)
                 self.stop_signal = caught.signum
         finally:
             progress.close()
