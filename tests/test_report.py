@@ -190,3 +190,11 @@ def test_every_published_method_sits_next_to_the_trainer_that_measures_it():
     trainers = set(TRAINER_REGISTRY.registered_names())
     for name in report.read_reference():
         assert report.trainer_of_published(name) in trainers, name
+
+
+def test_a_tree_of_unfinished_runs_only_reports_them_without_a_table(tmp_path):
+    """What a sweep stopped during its first training leaves: no table, no figure, the run listed."""
+    write_log(b2n(tmp_path, "train_base", "oxford_pets", "MuPL", "cfg_m", 1), 0.0, "unfinished")
+    files, text = report.build_report(str(tmp_path), seeds=(1,))
+    assert set(files) == {"report.md"}
+    assert "- MuPL (cfg_m) oxford_pets train_base: seed 1 unfinished" in text

@@ -394,7 +394,7 @@ def build_report(root, trainers=None, seeds=(1, 2, 3), show_std=False, reference
     sections = ["# Results report", f"Seeds expected: {', '.join(map(str, seeds))}. Cells are means over "
                 "seeds; `*` marks a cell with some seeds missing or unfinished. H = 2BN/(B+N) from the "
                 "averaged Base and New. Δ = measured minus CoCoOp (the `Δ vs` column says which CoCoOp)."]
-    if base2new:
+    if rows:   # a tree with unfinished runs only has no table (they are listed below)
         files["base2new.csv"] = csv_text(*base2new_csv_rows(rows))
         header, body = base2new_table(rows, show_std)
         files["base2new.tex"] = latex(header, body)

@@ -82,3 +82,10 @@ def folder_in_use(folder):
     finally:
         os.close(fd)
     return None
+
+
+if __name__ == "__main__":  # `python dassl/utils/runlock.py FOLDER` (no torch import): who holds it, 75 if held
+    import sys
+    message = folder_in_use(sys.argv[1])
+    print(message or f"{sys.argv[1]} is not in use")
+    sys.exit(75 if message else 0)
