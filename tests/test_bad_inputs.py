@@ -117,7 +117,8 @@ def test_unknown_trainer(world, untouched, tmp_path, capsys):
 def test_missing_clip_weights_offline(world, untouched, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(clip_module._MODELS, "ViT-B/16", f"http://127.0.0.1:9/clip/models/{'0' * 64}/ViT-B-16.pt")
     monkeypatch.setenv("CLIP_CACHE_DIR", str(tmp_path / "cache"))
-    code, _, err = run_main(capsys, *args_for(world, tmp_path / "o"), "MODEL.BACKBONE.NAME", "ViT-B/16")
+    code, _, err = run_main(capsys, *args_for(world, tmp_path / "o"), "MODEL.BACKBONE.NAME", "ViT-B/16",
+                            "INPUT.SIZE", "(224, 224)")
     assert code == 1 and "put it at" in err and str(tmp_path / "cache" / "ViT-B-16.pt") in err
 
 
