@@ -32,14 +32,14 @@ from dassl.utils.distributed import (
     is_main_process,
     main_process_first,
 )
-from dassl.utils.runlock import FolderInUse, RunLock
+from dassl.utils.runlock import IN_USE_EXIT_CODE, FolderInUse, RunLock
 from datasets.base import DatasetError
 
 # Bad input a user can fix: reported as one message (set MUPL_TRACEBACK=1 for the traceback).
 USER_ERRORS = (DatasetError, CLIPWeightsError, CheckpointError, ConfigError, FolderInUse, OSError)
-# Exit codes other than 1: a config value (as argparse's 2), and EX_TEMPFAIL for a folder another run
-# holds (sweep tools wait and retry on exactly 75).
-EXIT_CODES = {ConfigError: 2, FolderInUse: 75}
+# Exit codes other than 1: a config value (as argparse's 2), and EX_TEMPFAIL (75) for a folder another
+# run holds (sweep tools wait and retry on exactly that code).
+EXIT_CODES = {ConfigError: 2, FolderInUse: IN_USE_EXIT_CODE}
 # torch re-raises an error of a DataLoader worker with the worker's traceback as its message.
 WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 

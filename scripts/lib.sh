@@ -99,10 +99,14 @@ run_finished() {
     return 1
 }
 
-# Decide what to do with the run folder $1: returns 1 (skip) when it holds a finished run, unless
-# FORCE=1, which moves it aside (never deletes it). An unfinished folder is reused: the engine resumes.
+# Decide what to do with the run folder $1: stops (exit 75, as train.py) while another live process
+# writes into it; returns 1 (skip) when it holds a finished run, unless FORCE=1, which moves it aside
+# (never deletes it). An unfinished folder is reused: the engine resumes.
 prepare_run() {
     local dir=$1 marker=$2
+    if [[ -f "$dir/.run.lock" ]]; then
+        "$PYTHON" "$REPO/dassl/utils/runlock.py" "$dir" || exit
+    fi
     if [[ -d "$dir" && "$FORCE" == 1 ]]; then
         local aside
         aside="$dir.old-$(date +%Y%m%d-%H%M%S)"

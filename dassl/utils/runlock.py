@@ -2,15 +2,20 @@
 
 The kernel drops the lock when its process ends, however it ends, so a lock left by a killed or crashed
 run never blocks the rerun; the lock file only records who holds it, for the message.
+
+``python dassl/utils/runlock.py FOLDER`` (what scripts/lib.sh runs) exits 75 (EX_TEMPFAIL, as train.py)
+with the holder on stderr when a live process holds FOLDER, else 0; it imports nothing of the project.
 """
 import fcntl
 import json
 import os
 import os.path as osp
 import socket
+import sys
 import time
 
 LOCK_FILE = ".run.lock"
+IN_USE_EXIT_CODE = 75
 
 
 class FolderInUse(RuntimeError):
@@ -82,3 +87,10 @@ def folder_in_use(folder):
     finally:
         os.close(fd)
     return None
+
+
+if __name__ == "__main__":
+    in_use = folder_in_use(sys.argv[1])
+    if in_use:
+        print(f"Error: {in_use}; wait for it to finish", file=sys.stderr)
+    sys.exit(IN_USE_EXIT_CODE if in_use else 0)
