@@ -42,6 +42,7 @@ from dassl.utils.distributed import (
     local_rank,
     max_over_ranks,
 )
+from dassl.utils.scalar_writer import ScalarWriter
 
 from .distributed import DistributedModel, check_trainable_inside, gather_in_dataset_order
 
@@ -279,12 +280,11 @@ class TrainerBase:
         if self._writer is not None:
             return
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            self._writer = ScalarWriter(log_dir)
         except ImportError:
             print("Note: tensorboard is not installed; no scalars are written")
             return
         print(f"Initialize tensorboard (log_dir={log_dir})")
-        self._writer = SummaryWriter(log_dir=log_dir)
 
     def close_writer(self):
         if self._writer is not None:

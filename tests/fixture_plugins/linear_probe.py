@@ -3,7 +3,8 @@
 Loaded through $MUPL_EXTRA_PLUGINS=fixture_plugins.linear_probe with tests/ on PYTHONPATH. Set
 $LINEAR_PROBE_SIGTERM_AT=<global iteration> to make the trainer signal itself, as a scheduler would,
 $LINEAR_PROBE_SIGNAL_IN_TEST=<signal number> to have it signal itself at the first evaluation batch, and
-$LINEAR_PROBE_WAIT_FOR=<file> to hold its first training step until that file exists.
+$LINEAR_PROBE_WAIT_FOR=<file> to hold its first training step until that file exists (it creates
+<file>.waiting when it starts to wait).
 """
 import os
 import os.path as osp
@@ -55,8 +56,10 @@ class LinearProbe(TrainerX):
         self.wait_for = os.environ.get("LINEAR_PROBE_WAIT_FOR", "")
 
     def forward_backward(self, batch):
-        while self.wait_for and not osp.exists(self.wait_for):
-            time.sleep(0.05)
+        if self.wait_for and not osp.exists(self.wait_for):
+            open(self.wait_for + ".waiting", "w").close()
+            while not osp.exists(self.wait_for):
+                time.sleep(0.05)
         image, label, _ = self.parse_batch_train(batch)
         output = self.model(image.flatten(1))
         loss = F.cross_entropy(output, label)
