@@ -68,9 +68,9 @@ def lib_sh(function, *args, **env):
                           text=True, timeout=TIMEOUT)
 
 
-def start_holding(workspace, out, release):
+def start_holding(workspace, out, release, *extra):
     """A run that holds ``out`` and waits, at its first training step, until the file ``release`` exists."""
-    process = start(workspace, out, env_extra={"LINEAR_PROBE_WAIT_FOR": str(release)})
+    process = start(workspace, out, *extra, env_extra={"LINEAR_PROBE_WAIT_FOR": str(release)})
     deadline = time.time() + TIMEOUT
     while not release.with_name(release.name + ".waiting").exists():
         assert process.poll() is None and time.time() < deadline, finish(process)
@@ -121,10 +121,13 @@ def second_run_into_a_held_folder(workspace):
 
 
 def sigkill_while_holding(workspace):
+    """SIGKILL to the main process alone; its DataLoader workers live on until they notice (seconds)."""
     out = workspace / "killed"
-    first = start_holding(workspace, out, workspace / "never")
+    first = start_holding(workspace, out, workspace / "never", "DATALOADER.NUM_WORKERS", "2")
     first.kill()
-    first.communicate()
+    first.wait()
+    first.stdout.close()  # not read: the orphaned workers keep the pipes open while they live
+    first.stderr.close()
     return out
 
 
@@ -195,6 +198,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_the_first_finishes_int
 
 def test_a_lock_left_by_a_killed_run_does_not_block_the_rerun(ran, run_in_process):
     out = ran["sigkill_while_holding"].result()
+    assert folder_in_use(out) is None  # at once: the orphaned workers do not hold it
     code, printed, err = run_in_process(out)
     assert code == 0, err
     assert "* accuracy:" in printed

@@ -39,6 +39,21 @@ def read_holder(folder):
         return None
 
 
+_HELD = set()  # the locks this process holds
+
+
+def _drop_held_locks_in_child():
+    """A flock belongs to the open file, which a forked child (a DataLoader worker) shares: the child drops
+    its copy, so the folder is free as soon as the holder is gone, not when its last worker notices."""
+    for lock in list(_HELD):
+        os.close(lock._fd)
+        lock._fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+
+
 class RunLock:
     """``with RunLock(folder):`` or ``acquire()``/``release()``; raises FolderInUse when held elsewhere."""
 
@@ -57,15 +72,21 @@ class RunLock:
             raise FolderInUse(_describe(read_holder(self.folder), self.folder)) from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
                   "command": self.command}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError:
+            os.close(fd)  # a full disk: the caller reports it, and the folder is not left held
+            raise
         self._fd = fd
+        _HELD.add(self)
         return self
 
     def release(self):
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
+            _HELD.discard(self)
 
     def __enter__(self):
         return self.acquire()
