@@ -13,6 +13,7 @@ from typing import Tuple
 import PIL.Image
 import pytest
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 import train
 from clip import clip as clip_module
@@ -484,13 +485,18 @@ class FillsUp:
         return getattr(self.file, name)
 
 
-def test_a_log_that_cannot_be_written_is_said_once_and_the_run_goes_on(world, untouched, tmp_path, capsys,
-                                                                    monkeypatch):
+def test_a_log_and_scalars_that_cannot_be_written_are_said_once_and_the_run_goes_on(world, untouched, tmp_path,
+                                                                                  capsys, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(logger_module, "open", FillsUp, raising=False)
+    monkeypatch.setattr(SummaryWriter, "add_scalar", disk_full)
     out = tmp_path / "o"
     code, printed, err = run_main(capsys, *args_for(world, out))
     assert code == 0 and "* accuracy:" in printed  # the console keeps everything
     assert err.count("Warning: cannot write the log") == 1 and "No space left on device" in err
+    assert printed.count("Warning: cannot write tensorboard scalars") == 1
     assert "Traceback" not in err
     assert (out / "prompt_learner" / "model.pth.tar-1").is_file()
     log = (out / "log.txt").read_text()

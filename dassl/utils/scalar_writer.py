@@ -24,7 +24,10 @@ class ScalarWriter:
         threading.excepthook = _quiet_writer_thread_errors
         self.log_dir = log_dir
         self._writer = None
-        self._guarded(lambda: setattr(self, "_writer", SummaryWriter(log_dir=log_dir)))
+        try:
+            self._writer = SummaryWriter(log_dir=log_dir)
+        except OSError as error:
+            self._give_up(error)
 
     def add_scalar(self, tag, value, step=None):
         if self._writer is not None:
@@ -39,9 +42,12 @@ class ScalarWriter:
         try:
             action(*args)
         except OSError as error:
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                with contextlib.suppress(OSError):
-                    writer.close()
-            print(f"Warning: cannot write tensorboard scalars to {self.log_dir} ({error}); the run goes on "
-                  "without them")
+            self._give_up(error)
+
+    def _give_up(self, error):
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(OSError):
+                writer.close()
+        print(f"Warning: cannot write tensorboard scalars to {self.log_dir} ({error}); the run goes on without "
+              "them")
