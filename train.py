@@ -7,6 +7,10 @@
 
 Under ``torchrun --nproc_per_node=N train.py ...`` it trains with DistributedDataParallel (nccl on
 CUDA, gloo otherwise); only rank 0 prints, logs and writes.
+
+Exit codes: 0; 2, a request or config value refused before anything is written; 1, a user-fixable error
+found while running; 75, the output folder is in use by another run; 130 / 143, stopped by SIGINT /
+SIGTERM where the same command continues. Each refusal is one line (docs/bad-inputs.md).
 """
 import argparse
 import contextlib
