@@ -15,7 +15,7 @@ from yacs.config import CfgNode as CN
 import clip
 from clip.prompting import ClassPrompts, TextEncoder
 from clip.simple_tokenizer import get_tokenizer
-from dassl.config import get_cfg_default
+from dassl.config import check_input_size, get_cfg_default
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
@@ -76,7 +76,9 @@ def load_clip_to_cpu(cfg):
     name = cfg.MODEL.BACKBONE.NAME
     print(f"Loading CLIP (backbone: {name})")
     state_dict = clip.load_state_dict_from(name, download_root=clip_cache_dir(cfg))
-    return clip.build_model(state_dict)
+    clip_model = clip.build_model(state_dict)
+    check_input_size(cfg, clip_model.visual.input_resolution, name)  # a weights file: known only now
+    return clip_model
 
 
 def effective_precision(prec, device):
