@@ -25,7 +25,7 @@ import torch
 import clip
 import plugins
 from clip import CLIPWeightsError
-from dassl.config import ConfigError, check_cfg, check_input_size, get_cfg_default
+from dassl.config import ConfigError, check_cfg, get_cfg_default
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, TrainingInterrupted, build_trainer
 from dassl.utils import CheckpointError, check_availability, collect_env_info, set_random_seed, setup_logger
@@ -38,12 +38,14 @@ from dassl.utils.distributed import (
 )
 from dassl.utils.runlock import IN_USE_EXIT_CODE, FolderInUse, RunLock
 from datasets.base import DatasetError
+from trainers.common import BackboneMismatch, check_input_size
 
 # Bad input a user can fix: reported as one message (set MUPL_TRACEBACK=1 for the traceback).
-USER_ERRORS = (DatasetError, CLIPWeightsError, CheckpointError, ConfigError, FolderInUse, OSError)
+USER_ERRORS = (DatasetError, CLIPWeightsError, CheckpointError, ConfigError, BackboneMismatch, FolderInUse,
+               OSError)
 # Exit codes other than 1: a config value (as argparse's 2), and EX_TEMPFAIL (75) for a folder another
 # run holds (sweep tools wait and retry on exactly that code).
-EXIT_CODES = {ConfigError: 2, FolderInUse: IN_USE_EXIT_CODE}
+EXIT_CODES = {ConfigError: 2, BackboneMismatch: 2, FolderInUse: IN_USE_EXIT_CODE}
 # torch re-raises an error of a DataLoader worker with the worker's traceback as its message.
 WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 

@@ -15,7 +15,7 @@ from yacs.config import CfgNode as CN
 import clip
 from clip.prompting import ClassPrompts, TextEncoder
 from clip.simple_tokenizer import get_tokenizer
-from dassl.config import check_input_size, get_cfg_default
+from dassl.config import get_cfg_default
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
@@ -71,6 +71,20 @@ def clip_cache_dir(cfg):
     return os.environ.get("CLIP_CACHE_DIR") or osp.expanduser("~/.cache/clip")
 
 
+class BackboneMismatch(ValueError):
+    """A config value that does not fit the backbone (for a weights file, found only once it is loaded);
+    the message names the key and the fix."""
+
+
+def check_input_size(cfg, resolution, source):
+    """CLIP's image encoder takes one resolution (its positional embedding is fixed): INPUT.SIZE must be it.
+    train.py checks it before the run for an official model name; ``load_clip_to_cpu`` for a weights file."""
+    size = tuple(cfg.INPUT.SIZE)
+    if size != (resolution, resolution):
+        raise BackboneMismatch(f"INPUT.SIZE is {size!r}; allowed: ({resolution}, {resolution}), the input "
+                               f"resolution of {source}")
+
+
 def load_clip_to_cpu(cfg):
     """An fp16 CLIP in eval mode, from a ``clip._MODELS`` name or a path to a weights file."""
     name = cfg.MODEL.BACKBONE.NAME
@@ -103,15 +117,10 @@ def cast_clip(clip_model, prec):
     return clip_model
 
 
-class ConfigError(ValueError):
-    """A config value that does not fit the loaded backbone (found only once it is built); the message
-    names the key and the fix."""
-
-
 def require_vit(clip_model, method):
     """Visual prompts need image tokens; a ResNet has none."""
     if not hasattr(clip_model.visual, "transformer"):
-        raise ConfigError(f"{method} prompts CLIP's image transformer and needs a ViT backbone "
+        raise BackboneMismatch(f"{method} prompts CLIP's image transformer and needs a ViT backbone "
                          "(MODEL.BACKBONE.NAME ViT-B/16, ViT-B/32, ...); this backbone is a ResNet")
 
 

@@ -13,7 +13,7 @@ from dassl.engine import TRAINER_REGISTRY
 
 from .checkpoint_layout import TrainableStateDict
 from .common import (
-    ConfigError,
+    BackboneMismatch,
     PromptedCLIP,
     PromptTrainer,
     declare_trainer_node,
@@ -57,7 +57,7 @@ class MaPLeCLIP(TrainableStateDict, PromptedCLIP):
         super().__init__(clip_model, classnames, node.N_CTX, phrase)
         layers = min(self.text_encoder.transformer.layers, clip_model.visual.transformer.layers)
         if node.PROMPT_DEPTH > layers:
-            raise ConfigError(f"TRAINER.MAPLE.PROMPT_DEPTH is {node.PROMPT_DEPTH}, but this backbone has {layers} "
+            raise BackboneMismatch(f"TRAINER.MAPLE.PROMPT_DEPTH is {node.PROMPT_DEPTH}, but this backbone has {layers} "
                               f"layers; use at most {layers}")
         ctx = initial_context(self.class_prompts, node.N_CTX, self.ctx_dim, phrase)
         self.prompt_learner = MultiModalPromptLearner(ctx, node.PROMPT_DEPTH, clip_model.visual.width)

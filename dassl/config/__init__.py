@@ -1,4 +1,4 @@
-from .checks import ConfigError, check_cfg, check_input_size
+from .checks import ConfigError, check_cfg
 from .defaults import _C as cfg_default
 
 

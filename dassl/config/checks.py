@@ -30,12 +30,3 @@ def check_cfg(cfg, training):
     if training:
         epochs = cfg.OPTIM.MAX_EPOCH
         require("OPTIM.MAX_EPOCH", epochs, "a whole number >= 1 for a training run", epochs >= 1)
-
-
-def check_input_size(cfg, resolution, source):
-    """CLIP's image encoder takes one resolution (its positional embedding is fixed): INPUT.SIZE must be it.
-    Called before the run for a known model name, and by the model builder for a weights file."""
-    size = tuple(cfg.INPUT.SIZE)
-    require("INPUT.SIZE", size, f"({resolution}, {resolution}), the input resolution of {source}",
-            size == (resolution, resolution))
-
