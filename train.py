@@ -25,6 +25,7 @@ import torch
 import clip
 import plugins
 from clip import CLIPWeightsError
+from clip.prompting import PromptTooLong
 from dassl.config import ConfigError, check_cfg, get_cfg_default
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, TrainingInterrupted, build_trainer
@@ -41,11 +42,11 @@ from datasets.base import DatasetError
 from trainers.common import BackboneMismatch, check_input_size
 
 # Bad input a user can fix: reported as one message (set MUPL_TRACEBACK=1 for the traceback).
-USER_ERRORS = (DatasetError, CLIPWeightsError, CheckpointError, ConfigError, BackboneMismatch, FolderInUse,
-               OSError)
+USER_ERRORS = (DatasetError, CLIPWeightsError, CheckpointError, ConfigError, BackboneMismatch, PromptTooLong,
+               FolderInUse, OSError)
 # Exit codes other than 1: a config value (as argparse's 2), and EX_TEMPFAIL (75) for a folder another
 # run holds (sweep tools wait and retry on exactly that code).
-EXIT_CODES = {ConfigError: 2, BackboneMismatch: 2, FolderInUse: IN_USE_EXIT_CODE}
+EXIT_CODES = {ConfigError: 2, BackboneMismatch: 2, PromptTooLong: 2, FolderInUse: IN_USE_EXIT_CODE}
 # torch re-raises an error of a DataLoader worker with the worker's traceback as its message.
 WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 

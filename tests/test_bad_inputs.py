@@ -395,16 +395,50 @@ def test_evaluation_accepts_max_epoch_0(world, finished, untouched, tmp_path, ca
     assert code == 0 and "* accuracy:" in out
 
 
-def test_a_trainers_validate_cfg_is_called_before_anything(world, untouched, tmp_path, capsys, monkeypatch):
-    def refuse_topk_0(cls, cfg):
-        if cfg.TRAINER.MUPL.TVP.TOPK == 0:
-            raise ValueError("TRAINER.MUPL.TVP.TOPK is 0; allowed: 1 .. number of classes")
-
-    monkeypatch.setattr(TRAINER_REGISTRY.get("MuPL"), "validate_cfg", classmethod(refuse_topk_0), raising=False)
+@pytest.mark.parametrize("trainer, opts, fragments", [
+    ("MuPL", ["TRAINER.MUPL.PREC", "fp61"], ["TRAINER.MUPL.PREC is 'fp61'", "fp16, fp32, amp, bf16"]),
+    ("MuPL", ["TRAINER.MUPL.FTP.MODE", "share"], ["TRAINER.MUPL.FTP.MODE is 'share'", "shared, independent"]),
+    ("MuPL", ["TRAINER.MUPL.TVP.TEXT", "learnt"], ["TRAINER.MUPL.TVP.TEXT is 'learnt'", "learned, frozen"]),
+    ("MuPL", ["TRAINER.MUPL.TVP.TOPK", "0"], ["TRAINER.MUPL.TVP.TOPK is 0", "1 or more"]),
+    ("MuPL", ["TRAINER.MUPL.TVP.TEMP", "0.0"], ["TRAINER.MUPL.TVP.TEMP is 0.0", "positive"]),
+    ("MuPL", ["TRAINER.MUPL.N_CTX", "0", "TRAINER.MUPL.CTX_INIT", ""], ["N_CTX is 0 and CTX_INIT is empty"]),
+    ("CoCoOp", ["TRAINER.COCOOP.N_CTX", "0", "TRAINER.COCOOP.CTX_INIT", ""], ["TRAINER.COCOOP.N_CTX is 0"]),
+    ("IVLP", ["TRAINER.IVLP.PROMPT_DEPTH_TEXT", "0"], ["TRAINER.IVLP.PROMPT_DEPTH_TEXT is 0", "1 or more"]),
+    ("PromptSRC", ["TRAINER.PROMPTSRC.GPA_STD", "0"], ["TRAINER.PROMPTSRC.GPA_STD is 0", "positive"]),
+])
+def test_trainer_config_values_are_refused_before_anything(world, untouched, tmp_path, capsys, trainer, opts,
+                                                          fragments):
     out = tmp_path / "o"
-    code, _, err = run_main(capsys, *args_for(world, out), "TRAINER.MUPL.TVP.TOPK", 0)
+    code, _, err = run_main(capsys, *trainer_args(world, out, trainer), *opts)
     assert code == 2 and not out.exists()
-    assert_one_line(err, "TRAINER.MUPL.TVP.TOPK is 0; allowed: 1 .. number of classes")
+    assert_one_line(err, "train.py: error:", *fragments)
+
+
+def trainer_args(world, out, trainer):
+    """``args_for`` with the trainer's own default recipe."""
+    argv = args_for(world, out, trainer)
+    cfg = (REPO / "configs/trainers" / trainer / "default_cfg.txt").read_text().strip()
+    argv[argv.index("--config-file") + 1] = REPO / "configs/trainers" / trainer / f"{cfg}.yaml"
+    return argv
+
+
+@pytest.mark.parametrize("trainer, weights, opts, fragments", [
+    ("MaPLe", "rn", [], ["MaPLe prompts CLIP's image transformer and needs a ViT backbone", "ResNet"]),
+    ("MuPL", "rn", [], ["TRAINER.MUPL.TVP prompts CLIP's image transformer", "TVP.ENABLED False"]),
+    ("IVLP", "vit", ["TRAINER.IVLP.PROMPT_DEPTH_TEXT", "2"],
+     ["TRAINER.IVLP.PROMPT_DEPTH_VISION is 12, but this backbone's tower has 3 layers; use at most 3"]),
+    ("MuPL", "vit", ["TRAINER.MUPL.CTX_INIT", "", "TRAINER.MUPL.N_CTX", "72"],
+     ['The prompt of class "abyssinian" is 78 tokens', "CLIP reads at most 77: shorten the class name, or N_CTX"]),
+])
+def test_config_values_the_backbone_cannot_take_are_one_line_once_it_is_loaded(world, untouched, tmp_path, capsys,
+                                                                              trainer, weights, opts, fragments):
+    """Prompt depths, ViT-only methods and prompt lengths are known once the backbone is read and the
+    class names are known: one line, exit 2, at the end of the log too."""
+    out = tmp_path / "o"
+    tiny = save_tiny_clip(tmp_path / f"{weights}.pt", arch=weights)
+    code, _, err = run_main(capsys, *trainer_args(world, out, trainer), "MODEL.BACKBONE.NAME", tiny, *opts)
+    assert code == 2
+    assert_one_line(err, "train.py: error:", *fragments, out=out)
 
 
 # Errors while running: the one place in train.py that turns them into their line.

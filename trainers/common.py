@@ -178,9 +178,12 @@ class PromptTrainer(TrainerX):
         """Refuse, before anything is built or written, config values this trainer cannot run: one
         ValueError naming the key, the value and what is allowed. train.py calls it first; subclasses
         extend it (``super().validate_cfg(cfg)``)."""
-        prec = cfg.TRAINER[cls.CFG_NODE].PREC
-        if prec not in PRECISIONS:
-            raise ValueError(f"TRAINER.{cls.CFG_NODE}.PREC is {prec!r}; choose one of {', '.join(PRECISIONS)}")
+        node = cfg.TRAINER[cls.CFG_NODE]
+        if node.PREC not in PRECISIONS:
+            raise ValueError(f"TRAINER.{cls.CFG_NODE}.PREC is {node.PREC!r}; choose one of {', '.join(PRECISIONS)}")
+        if "N_CTX" in node and node.N_CTX < 1 and not node.get("CTX_INIT"):
+            raise ValueError(f"TRAINER.{cls.CFG_NODE}.N_CTX is {node.N_CTX} and CTX_INIT is empty: there is no "
+                             "context to learn; set N_CTX to 1 or more, or give CTX_INIT")
 
     def check_cfg(self, cfg):
         self.validate_cfg(cfg)

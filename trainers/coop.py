@@ -80,5 +80,13 @@ class CoOpCLIP(PromptedCLIP):
 class CoOp(PromptTrainer):
     CFG_NODE = "COOP"
 
+    @classmethod
+    def validate_cfg(cls, cfg):
+        super().validate_cfg(cfg)
+        position = cfg.TRAINER.COOP.CLASS_TOKEN_POSITION
+        if position not in CLASS_TOKEN_POSITIONS:
+            raise ValueError(f"TRAINER.COOP.CLASS_TOKEN_POSITION is {position!r}; choose one of "
+                             f"{', '.join(CLASS_TOKEN_POSITIONS)}")
+
     def build_custom_clip(self, cfg, classnames, clip_model):
         return CoOpCLIP(cfg.TRAINER.COOP, classnames, clip_model)
