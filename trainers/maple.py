@@ -6,7 +6,6 @@ per-layer projections start as copies of one freshly initialised linear layer, a
 """
 import copy
 
-import torch.nn.functional as F
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
@@ -70,10 +69,6 @@ class MaPLeCLIP(TrainableStateDict, PromptedCLIP):
         text = self.encode_instance_text(self.prompt_learner.ctx[None], deep_text)[0]
         image_features = self.encode_image(image, prompts=image_prompts, deep_prompts=deep_image)
         return self.logit_scale.exp() * image_features @ text.t()
-
-    def training_loss(self, image, label):
-        logits = self(image)
-        return F.cross_entropy(logits, label), logits
 
 
 @TRAINER_REGISTRY.register()
