@@ -23,7 +23,7 @@ from tools.sweep.progress import DONE
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = "vit_b16_c4_ep10_batch1_ctxv1"
-EPOCHS = 8      # 32 steps: time enough for a SIGTERM to land mid-training
+EPOCHS = 20     # 80 steps: with one thread a run is fast, and a SIGTERM must land mid-training
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_a_stopped_sweep_finishes_on_rerun_with_the_results_of_an_uninterrupted_
     sweep.send_signal(signal.SIGTERM)
     out = sweep.communicate(timeout=120)[0]
     assert sweep.returncode == 128 + signal.SIGTERM, out
-    assert f"- base2new/train_base/oxford_pets/shots_2/CoCoOp/{CFG}/seed1: exit code 143" in out
+    assert f"- base2new/train_base/oxford_pets/shots_2/CoCoOp/{CFG}/seed1: exit code 143" in out, out
     assert "Interrupted by signal 15" in (train / "log.txt").read_text()
     assert subprocess.run(["pgrep", "-f", str(output)], capture_output=True).returncode == 1   # nothing left
 
