@@ -5,6 +5,7 @@ from .clip import (
     _download,
     _transform,
     available_models,
+    input_resolution,
     load,
     load_state_dict_from,
     tokenize,

@@ -2,17 +2,19 @@
 import os
 import os.path as osp
 import pickle
+import re
 import warnings
 import zipfile
 
 import torch
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
 
-from .download import DownloadError, download_file
+from .download import DownloadError, download_file, sha256_of
 from .model import build_model
 from .simple_tokenizer import END, START, get_tokenizer
 
-__all__ = ["available_models", "load", "load_state_dict_from", "tokenize", "CLIPWeightsError"]
+__all__ = ["available_models", "input_resolution", "load", "load_state_dict_from", "tokenize",
+           "CLIPWeightsError"]
 
 # Official weights; each URL carries the file's SHA256 as its second-to-last path component.
 _MODELS = {
@@ -26,6 +28,9 @@ _MODELS = {
     "ViT-L/14": "https://openaipublic.azureedge.net/clip/models/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
     "ViT-L/14@336px": "https://openaipublic.azureedge.net/clip/models/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
 }
+# The image size each official model takes (its positional embedding is fixed to it).
+_INPUT_RESOLUTIONS = {"RN50": 224, "RN101": 224, "RN50x4": 288, "RN50x16": 384, "RN50x64": 448, "ViT-B/32": 224,
+                      "ViT-B/16": 224, "ViT-L/14": 224, "ViT-L/14@336px": 336}
 CACHE_ENV = "CLIP_CACHE_DIR"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -37,6 +42,11 @@ class CLIPWeightsError(RuntimeError):
 
 def available_models():
     return list(_MODELS.keys())
+
+
+def input_resolution(name):
+    """The input resolution of an official model name, or None (a path: known once its weights load)."""
+    return _INPUT_RESOLUTIONS.get(name)
 
 
 def default_cache_dir():
@@ -53,24 +63,79 @@ def _download(url, root=None):
         raise CLIPWeightsError(f"CLIP weights {osp.basename(url)} are not available: {error}") from error
 
 
-def _is_torchscript(path):
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+def official_checksums():
+    """The SHA256 of every official weights file (the second-to-last component of its URL)."""
+    return {url.split("/")[-2] for url in _MODELS.values()}
 
 
-def _read_weights(path, trusted_archive):
-    """A state dict from a plain ``torch.save`` file, or from an OpenAI TorchScript archive."""
-    if _is_torchscript(path):
-        if not trusted_archive:
-            raise CLIPWeightsError(f"{path} is a TorchScript archive that matches no official checksum")
-        with warnings.catch_warnings():  # OpenAI ships TorchScript; torch now flags it as deprecated
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(path, map_location="cpu").state_dict()
+def _zip_names(path):
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise CLIPWeightsError(f"Cannot read CLIP weights from {path}: {error}") from error
+
+
+def _check_crcs(path):
+    """torch.save writes a zip with a CRC-32 per entry: a damaged copy is refused, instead of loading as
+    wrong numbers (a zeroed block would become zero weights)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        damaged = f"? ({error})"
+    if damaged is not None:
+        raise CLIPWeightsError(
+            f"{path} is corrupt: the CRC-32 of its entry {damaged} does not match its content (a damaged "
+            "copy or an interrupted transfer); copy or download the file again"
+        )
+
+
+def _is_torchscript(names):
+    return any(name.endswith("constants.pkl") or "/code/" in name for name in names)
+
+
+def _read_official_archive(path, verified):
+    """TorchScript runs the code it carries when loaded: only OpenAI's own archives, known by their
+    checksum, go through ``torch.jit.load``."""
+    if not verified and sha256_of(path) not in official_checksums():
+        raise CLIPWeightsError(
+            f"{path} is a TorchScript archive that matches no official CLIP checksum; loading it would run "
+            "the code inside it, so it is refused. If it is an official CLIP file, it is damaged: download "
+            "it again. Otherwise, on a machine where you trust it, save its weights with "
+            f"torch.save(torch.jit.load({path!r}).state_dict(), 'weights.pt') and pass that file"
+        )
+    with warnings.catch_warnings():  # OpenAI ships TorchScript; torch now flags it as deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(path, map_location="cpu").state_dict()
+
+
+def unpickler_reason(error):
+    """What torch's weights-only unpickler refused, without torch's advice to load the file with
+    ``weights_only`` off (which would run whatever code it holds)."""
+    match = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Please use|Check the documentation|$)", str(error),
+                      re.DOTALL)
+    reason = " ".join(match.group(1).split()) if match else str(error).splitlines()[0]
+    return reason.rstrip(".")
+
+
+def _read_weights(path, verified=False):
+    """A state dict from a plain ``torch.save`` file (tensors only), or from an official TorchScript
+    archive; ``verified``: the file's checksum was already checked against the official one."""
+    if zipfile.is_zipfile(path):
+        if _is_torchscript(_zip_names(path)):
+            return _read_official_archive(path, verified)  # its checksum proves origin and integrity
+        if not verified:
+            _check_crcs(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+    except pickle.UnpicklingError as error:
+        raise CLIPWeightsError(
+            f"Cannot read CLIP weights from {path} as tensors only ({unpickler_reason(error)}): the file is "
+            "damaged, or it holds pickled Python objects, which could run code when loaded. On a machine where "
+            "you trust it, save its state_dict() with torch.save and pass that file"
+        ) from error
+    except (RuntimeError, EOFError, ValueError) as error:
         raise CLIPWeightsError(f"Cannot read CLIP weights from {path}: {error}") from error
     if isinstance(loaded, dict) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
@@ -82,10 +147,10 @@ def _read_weights(path, trusted_archive):
 def load_state_dict_from(name_or_path, download_root=None):
     """CLIP weights from a ``_MODELS`` name (cache, else download) or from a file the user names."""
     if osp.isfile(name_or_path):
-        return _read_weights(name_or_path, trusted_archive=True)
+        return _read_weights(name_or_path)
     if name_or_path in _MODELS:
         path = _download(_MODELS[name_or_path], download_root)
-        return _read_weights(path, trusted_archive=True)
+        return _read_weights(path, verified=True)
     raise CLIPWeightsError(
         f"Model {name_or_path!r} is neither a file nor one of {available_models()}; give a model name "
         "or the path to a weights file (MODEL.BACKBONE.NAME /path/to/ViT-B-16.pt)"

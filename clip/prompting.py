@@ -15,6 +15,13 @@ from .clip import tokenize
 from .simple_tokenizer import get_tokenizer
 
 
+CONTEXT_LENGTH = 77
+
+
+class PromptTooLong(ValueError):
+    """A class prompt that does not fit CLIP's 77-token context; the message names the class and the fix."""
+
+
 class TextEncoder(nn.Module):
     def __init__(self, clip_model, chunk_size=1024):
         super().__init__()
@@ -104,7 +111,14 @@ class ClassPrompts(nn.Module):
                                  "vectors it should initialise")
             self.fixed_init_tokens = n_tokens - n_ctx
         prefix = ctx_init or " ".join(["X"] * n_ctx)
-        tokens = tokenize([f"{prefix} {name}." for name in names])
+        texts = [f"{prefix} {name}." for name in names]
+        for name, text in zip(names, texts):
+            length = len(get_tokenizer().encode(text)) + 2  # with SOS and EOT
+            if length > CONTEXT_LENGTH:
+                raise PromptTooLong(
+                    f'The prompt of class "{name}" is {length} tokens with its context ("{prefix} {name}."); CLIP '
+                    f"reads at most {CONTEXT_LENGTH}: shorten the class name, or N_CTX / CTX_INIT")
+        tokens = tokenize(texts)
         with torch.no_grad():
             embedding = clip_model.token_embedding(tokens).type(clip_model.text_projection.dtype)
         self.n_ctx = n_ctx

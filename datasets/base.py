@@ -7,6 +7,7 @@ CoCoOp run of the same seed train on exactly the same images, the ones CoOp + Da
 import json
 import math
 import os.path as osp
+from collections import Counter
 
 from dassl.data.datasets import DatasetBase, Datum
 from dassl.utils import write_json
@@ -110,6 +111,39 @@ def subsample_classes(*datasets, subsample="all"):
     )
 
 
+class StaleCache(ValueError):
+    """A cached few-shot draw that the split file (or the dataset's own lists) contradicts."""
+
+
+def cached_shots(rows, split_items, num_shots, key, dataset_dir):
+    """The split items a cached ``key`` list names, in its order. Every row must be a [relpath, int label,
+    str name] of the split's ``key`` list, listed once, and each class of that list must have exactly
+    min(num_shots, its size) rows, as the draw gives; otherwise StaleCache says what disagrees."""
+    if not isinstance(rows, list):
+        raise StaleCache(f"it has no {key!r} list")
+    by_path = {item.impath: item for item in split_items}
+    chosen, seen = [], set()
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str)
+                and type(row[1]) is int and isinstance(row[2], str)):
+            raise StaleCache(f"{key} entry {row!r} is not [path, int label, class name]")
+        path = osp.normpath(osp.join(dataset_dir, row[0]))
+        item = by_path.get(path)
+        if item is None or (item.label, item.classname) != (row[1], row[2]):
+            raise StaleCache(f"{key} entry {row!r} is not in the split's {key} list with that label and name")
+        if path in seen:
+            raise StaleCache(f"{key} entry {row!r} is listed twice")
+        seen.add(path)
+        chosen.append(item)
+    drawn = Counter(item.label for item in chosen)
+    for label, items in DatasetBase.split_dataset_by_label(split_items).items():
+        expected = min(num_shots, len(items))
+        if drawn[label] != expected:
+            raise StaleCache(f"class {label} ({items[0].classname}) has {drawn[label]} {key} entries, "
+                             f"the split gives {expected}")
+    return chosen
+
+
 class CoOpDataset(DatasetBase):
     """Reads ``ROOT/<dataset_dir>``; subclasses set the class attributes and, if needed, ``read_data``."""
 
@@ -152,9 +186,11 @@ class CoOpDataset(DatasetBase):
         return osp.join(self.dataset_dir, "split_fewshot", f"mupl_shot_{num_shots}-seed_{seed}.json")
 
     def fewshot_splits(self, train, val, num_shots, seed):
-        """CoOp's order: draw training shots for every class, then min(K, 4) validation shots."""
+        """CoOp's order: draw training shots for every class, then min(K, 4) validation shots. A cached
+        draw is used only when it agrees with the split; checking it draws nothing, so a redraw after a
+        stale cache picks what a run without a cache picks."""
         cache = self.fewshot_cache_path(num_shots, seed)
-        cached = self.read_fewshot_cache(cache)
+        cached = self.read_fewshot_cache(cache, train, val, num_shots)
         if cached is not None:
             print(f"Loading preprocessed few-shot data from {cache}")
             return cached
@@ -190,19 +226,27 @@ class CoOpDataset(DatasetBase):
     def to_relative(self, items):
         return [[osp.relpath(item.impath, self.dataset_dir), item.label, item.classname] for item in items]
 
-    def read_fewshot_cache(self, path):
-        """The cached draw, or None when absent or unreadable (a bad cache is rebuilt, with a warning)."""
+    def read_fewshot_cache(self, path, train, val, num_shots):
+        """The cached draw as the split's own items, or None (with a warning) when it is absent,
+        unreadable or disagrees with the split: the split and the images on disk are the truth."""
         if not osp.isfile(path):
             return None
         try:
             with open(path) as handle:
                 data = json.load(handle)
-            return tuple(
-                [Datum(impath=inside(self.dataset_dir, rel, path), label=label, classname=name)
-                 for rel, label, name in data[key]]
-                for key in ("train", "val")
-            )
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError,
-                FileNotFoundError, DatasetError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             print(f"Warning: few-shot cache {path} is unreadable ({error}); drawing the shots again")
             return None
+        parts = {"train": (train, num_shots), "val": (val if self.has_val else [], min(num_shots, 4))}
+        try:
+            if not isinstance(data, dict):
+                raise StaleCache("it is not an object with 'train' and 'val' lists")
+            drawn = {key: cached_shots(data.get(key), items, shots, key, self.dataset_dir)
+                     for key, (items, shots) in parts.items()}
+        except StaleCache as disagreement:
+            print(f"Warning: few-shot cache {path} disagrees with the split ({disagreement}); "
+                  "drawing the shots again")
+            return None
+        self.check_no_empty_class(drawn["train"])
+        return drawn["train"], drawn["val"]
+

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole base-to-new pipeline on the embedded ToyShapes world, on a CPU, through the real scripts:
 # draw the dataset, load the shipped tiny CLIP (pretrained on the toy world by tools/pretrain_tiny_clip.py),
-# then zero-shot CLIP, CoOp, CoCoOp and MuPL train on the base classes and are tested on the new ones,
+# then zero-shot CLIP, CoOp, CoCoOp, KgCoOp, ProGrad, IVLP, VPT, MaPLe, PromptSRC and MuPL train on the base
+# classes and are tested on the new ones,
 # and the results report (tables + figure) is printed and saved. Only the backbone, the dataset, the image
-# size and the epochs differ from a real benchmark run. See docs/demo.md.
+# size, the epochs (and batch sizes) and, for the tiny CLIP's 3 layers, the prompt depths differ from a real
+# benchmark run. See docs/demo.md.
 # Environment: PYTHON, DEMO_DIR (default output/demo), DEMO_WEIGHTS, DEMO_QUICK=1 (CI: fewer images, 1 epoch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,13 +37,25 @@ printf '%s\n' "$INPUTS" > "$OUTPUT/demo-inputs.txt"
 
 COMMON=(MODEL.BACKBONE.NAME "$WEIGHTS" INPUT.SIZE "(32, 32)" DATALOADER.NUM_WORKERS 0
         DATALOADER.TEST.BATCH_SIZE 100 TRAIN.PRINT_FREQ 40)
-echo "== 3/4 base-to-new, seed 1: ZeroshotCLIP, CoOp, CoCoOp, MuPL"
-for TRAINER in ZeroshotCLIP CoOp CoCoOp MuPL; do
-    case $TRAINER in
-        CoOp) OPTS=(OPTIM.MAX_EPOCH "$COOP_EPOCHS" DATALOADER.TRAIN_X.BATCH_SIZE 8) ;;
+TRAINERS=(ZeroshotCLIP CoOp CoCoOp KgCoOp ProGrad IVLP VPT MaPLe PromptSRC MuPL)
+# What differs from each recipe on the toy world: epochs and batch (CoOp's family trains at batch 8 for
+# CoOp's epochs; the batch-4 methods keep batch 4), and prompt depths within the tiny CLIP's 3 layers.
+demo_options() {
+    case $1 in
         ZeroshotCLIP) OPTS=() ;;
+        CoOp | KgCoOp | ProGrad) OPTS=(OPTIM.MAX_EPOCH "$COOP_EPOCHS" DATALOADER.TRAIN_X.BATCH_SIZE 8) ;;
+        IVLP) OPTS=(OPTIM.MAX_EPOCH "$EPOCHS" TRAINER.IVLP.PROMPT_DEPTH_TEXT 3 TRAINER.IVLP.PROMPT_DEPTH_VISION 3) ;;
+        VPT) OPTS=(OPTIM.MAX_EPOCH "$EPOCHS" TRAINER.VPT.PROMPT_DEPTH_VISION 3) ;;
+        MaPLe) OPTS=(OPTIM.MAX_EPOCH "$EPOCHS" TRAINER.MAPLE.PROMPT_DEPTH 3) ;;
+        PromptSRC) OPTS=(OPTIM.MAX_EPOCH "$EPOCHS" TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT 3
+                         TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION 3 TRAINER.PROMPTSRC.GPA_MEAN $(( EPOCHS * 3 / 4 + 1 ))
+                         TRAINER.PROMPTSRC.GPA_STD 1) ;;
         *) OPTS=(OPTIM.MAX_EPOCH "$EPOCHS") ;;
     esac
+}
+echo "== 3/4 base-to-new, seed 1: ${TRAINERS[*]}"
+for TRAINER in "${TRAINERS[@]}"; do
+    demo_options "$TRAINER"
     echo "-- $TRAINER"
     bash scripts/base2new_train.sh toy_shapes 1 "$TRAINER" "${COMMON[@]}" "${OPTS[@]}"
     bash scripts/base2new_test.sh toy_shapes 1 "$TRAINER" "${COMMON[@]}" "${OPTS[@]}"

@@ -1,6 +1,8 @@
 # Shared by the run scripts (sourced, not run). Environment: DATA (dataset root, default ./data),
 # OUTPUT (output root, default ./output), SHOTS (default 16), PYTHON (default python), FORCE=1 (rerun),
 # NGPU (processes, one per GPU, default 1; above 1 train.py runs under torchrun).
+# SWEEP_PLAN=1: a script prints what it would run instead of running it (see prepare_run); tools.sweep
+# plans its jobs this way, so the run folders are defined here only.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -10,9 +12,11 @@ SHOTS=${SHOTS:-16}
 PYTHON=${PYTHON:-python}
 FORCE=${FORCE:-0}
 NGPU=${NGPU:-1}
+PLAN=${SWEEP_PLAN:-0}
 
 TRAIN_END="Finish training"
 EVAL_END="=> result"
+EX_IN_USE=75   # EX_TEMPFAIL, as train.py: the run folder is held by another live process
 
 die() {
     echo "Error: $*" >&2
@@ -68,13 +72,14 @@ add_train_args() {
 }
 
 # An evaluation run of the model trained in folder $1 (none for ZeroshotCLIP) at its last epoch; stops
-# with the training command $2 when that run has not finished.
+# with the training command $2 when that run has not finished. Sets NEEDS, the folder it reads.
 add_eval_args() {
     ARGS+=(--eval-only)
-    if [[ "$TRAINER" != ZeroshotCLIP ]]; then
-        require_finished_training "$1" "$2"
-        ARGS+=(--model-dir "$1" --load-epoch "$(max_epoch "$CFG_FILE" "${OPTS[@]}")")
-    fi
+    [[ "$TRAINER" != ZeroshotCLIP ]] || return 0
+    NEEDS=$1
+    [[ "$PLAN" != 1 ]] || return 0
+    require_finished_training "$1" "$2"
+    ARGS+=(--model-dir "$1" --load-epoch "$(max_epoch "$CFG_FILE" "${OPTS[@]}")")
 }
 
 # Sets CFG_FILE and DS_CFG for TRAINER $1, CFG $2, DATASET $3, or stops with the missing file's name.
@@ -99,10 +104,35 @@ run_finished() {
     return 1
 }
 
+# Stop with code 75 (and touch nothing) while a live process (train.py, a script, another sweep's job)
+# holds the run folder $1's lock (dassl/utils/runlock.py; the kernel frees it when the holder dies).
+refuse_if_in_use() {
+    local lock="$1/.run.lock"
+    [[ -f "$lock" ]] || return 0
+    flock --nonblock --shared "$lock" true 2>/dev/null && return 0
+    echo "Error: $("$PYTHON" "$REPO/dassl/utils/runlock.py" "$1"); not touched: run again once it has finished" >&2
+    exit "$EX_IN_USE"
+}
+
+# The plan of a run (SWEEP_PLAN=1), one "key<TAB>value" a line: its folder, the folder it needs (a
+# trained model, or nothing), whether it is an evaluation, and its state (finished, resume or start).
+print_plan() {
+    local dir=$1 marker=$2 state=start kind=train
+    if run_finished "$dir" "$marker"; then state=finished; elif [[ -d "$dir" ]]; then state=resume; fi
+    [[ " ${ARGS[*]} " != *" --eval-only "* ]] || kind=eval
+    printf 'run_dir\t%s\nneeds\t%s\nkind\t%s\nstate\t%s\n' "$dir" "${NEEDS:-}" "$kind" "$state"
+}
+
 # Decide what to do with the run folder $1: returns 1 (skip) when it holds a finished run, unless
 # FORCE=1, which moves it aside (never deletes it). An unfinished folder is reused: the engine resumes.
+# A folder in use by another process is never moved nor reused (exit 75). SWEEP_PLAN=1: print_plan, exit.
 prepare_run() {
     local dir=$1 marker=$2
+    if [[ "$PLAN" == 1 ]]; then
+        print_plan "$dir" "$marker"
+        exit 0
+    fi
+    refuse_if_in_use "$dir"
     if [[ -d "$dir" && "$FORCE" == 1 ]]; then
         local aside
         aside="$dir.old-$(date +%Y%m%d-%H%M%S)"
@@ -145,13 +175,14 @@ require_finished_training() {
     fi
 }
 
+# The script's last step: it becomes train.py (exec), so a signal to the script (a sweep stopping its
+# jobs, Slurm) reaches train.py itself, which stops with a checkpoint.
 run_train_py() {
     [[ "$NGPU" =~ ^[1-9][0-9]*$ ]] || die "NGPU must be a positive number of GPUs, got '$NGPU'"
     if (( NGPU > 1 )); then
         echo "+ $PYTHON -m torch.distributed.run --standalone --nproc_per_node=$NGPU train.py $*"
-        "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NGPU" "$REPO/train.py" "$@"
-    else
-        echo "+ $PYTHON train.py $*"
-        "$PYTHON" "$REPO/train.py" "$@"
+        exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NGPU" "$REPO/train.py" "$@"
     fi
+    echo "+ $PYTHON train.py $*"
+    exec "$PYTHON" "$REPO/train.py" "$@"
 }

@@ -1,5 +1,6 @@
-"""Pieces several test files share: the linear-probe run's config and data, train.main in-process, and
-checkpoints in Dassl.pytorch's format."""
+"""Pieces several test files share: the linear-probe run's config, data and command, train.main
+in-process, and checkpoints in Dassl.pytorch's format."""
+import os
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -52,6 +53,21 @@ def make_tiny_folders(root, train_counts=(6, 6, 6), test_counts=(4, 4, 4)):
             for index in range(count):
                 pixels = rng.integers(0, 60, (8, 8, 3)) + 60 * label
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{index}.png")
+
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
+
+
+def linear_probe_command(workspace, out, *extra, env_extra=None):
+    """(argv, env) of `python train.py` for the LinearProbe fixture trainer on ``workspace`` (which holds
+    ``data/`` from make_tiny_folders and ``cfg.yaml`` = LINEAR_PROBE_CONFIG), writing into ``out``."""
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}", MUPL_EXTRA_PLUGINS="fixture_plugins.linear_probe")
+    env.update(env_extra or {})
+    argv = [sys.executable, str(REPO / "train.py"), "--root", str(workspace / "data"), "--seed", "1",
+            "--trainer", "LinearProbe", "--config-file", str(workspace / "cfg.yaml"), "--output-dir", str(out),
+            *extra]
+    return argv, env
 
 
 def run_main(capsys, *argv):

@@ -123,7 +123,8 @@ def test_unknown_name_and_unreadable_file_get_one_clear_error(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_torchscript_archive_is_read_through_jit(tmp_path):
+def test_official_torchscript_archive_is_read_through_jit(tmp_path, monkeypatch):
+    """Only an archive whose SHA256 is an official one goes through torch.jit.load."""
     class Holder(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -132,5 +133,9 @@ def test_torchscript_archive_is_read_through_jit(tmp_path):
 
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(Holder()), str(path))
+    with pytest.raises(clip.CLIPWeightsError, match="matches no official CLIP checksum"):
+        clip.load_state_dict_from(str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setitem(clip_module._MODELS, "Tiny/1", f"http://127.0.0.1:9/clip/models/{digest}/Tiny-1.pt")
     loaded = clip.load_state_dict_from(str(path))
     assert "text_projection" in loaded

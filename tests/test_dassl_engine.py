@@ -1,18 +1,15 @@
 """The engine end to end through train.py, with a trainer that uses only the Dassl.pytorch API."""
-import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import LINEAR_PROBE_CONFIG, make_tiny_folders, run_main
+from tests.helpers import LINEAR_PROBE_CONFIG, TESTS, linear_probe_command, make_tiny_folders, run_main
 
 REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture
@@ -33,11 +30,7 @@ def finished_run(tmp_path_factory):
 
 
 def run_train(workspace, out, *extra, env_extra=None, check=True):
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}", MUPL_EXTRA_PLUGINS="fixture_plugins.linear_probe")
-    env.update(env_extra or {})
-    cmd = [sys.executable, str(REPO / "train.py"), "--root", str(workspace / "data"), "--seed", "1",
-           "--trainer", "LinearProbe", "--config-file", str(workspace / "cfg.yaml"),
-           "--output-dir", str(out), *extra]
+    cmd, env = linear_probe_command(workspace, out, *extra, env_extra=env_extra)
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

@@ -149,7 +149,8 @@ def test_only_rank_0_prints_and_writes(runs, trainer):
     for line in ("Finish training", "=> result", "Checkpoint saved to", "epoch [1/1] batch [1/1]"):
         assert run.stdout.count(line) == 1, line
     assert "warning" not in run.stderr.lower() and "[rank" not in run.stderr
-    assert sorted(p.name for p in run.out.iterdir()) == sorted(["log.txt", CHECKPOINT_DIRS[trainer], "tensorboard"])
+    expected = [".run.lock", "log.txt", CHECKPOINT_DIRS[trainer], "tensorboard"]  # .run.lock: rank 0's run lock
+    assert sorted(p.name for p in run.out.iterdir()) == sorted(expected)
     assert result_block(run.stdout) == result_block((run.out / "log.txt").read_text())
 
 

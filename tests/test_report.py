@@ -31,6 +31,7 @@ def b2n(root, phase, dataset, trainer, cfg, seed):
 
 
 MUPL, COCOOP, ZS = "MuPL (cfg_m)", "CoCoOp (cfg_c)", "ZeroshotCLIP (vit_b16)"
+SOURCES = report.reference_sources()
 
 
 @pytest.fixture
@@ -92,10 +93,10 @@ def expected_rows():
                                                   "published CoCoOp"),
         ("Average", MUPL): with_delta(mupl_avg, paper_avg, "published CoCoOp"),
         ("Average", COCOOP): with_delta(cocoop_pets, measured_ref, f"measured {COCOOP}"),
-        ("OxfordPets", "CoCoOp [paper]"): paper_cocoop["OxfordPets"],
-        ("OxfordPets", "MaPLe [paper]"): (95.43, 97.76, 96.58),
-        ("DescribableTextures", "CoOp [paper]"): (79.44, 41.18, 54.24),
-        ("Average", "CoCoOp [paper]"): paper_avg,
+        ("OxfordPets", "CoCoOp [published]"): paper_cocoop["OxfordPets"],
+        ("OxfordPets", "MaPLe [published]"): (95.43, 97.76, 96.58),
+        ("DescribableTextures", "CoOp [published]"): (79.44, 41.18, 54.24),
+        ("Average", "CoCoOp [published]"): paper_avg,
     }
 
 
@@ -115,11 +116,16 @@ def test_base2new_numbers_in_csv_and_markdown(output_tree):
         cells = [dataset, method + mark] + [f"{v:.2f}" for v in values[:3]]
         if len(values) == 7:
             assert row["d_vs"] == values[6] and row["source"] == "measured"
-            cells += [f"{v:+.2f}" for v in values[3:6]] + [values[6]]
-        else:  # published rows carry no delta
-            assert got[3:] == ["", "", ""] and row["source"] == "paper"
-            cells += ["-", "-", "-", ""]
+            cells += [f"{v:+.2f}" for v in values[3:6]] + [values[6], "measured"]
+        else:  # published rows carry no delta, and name their source
+            assert got[3:] == ["", "", ""] and row["source"] == SOURCES[method.split(" [")[0]]
+            cells += ["-", "-", "-", "", row["source"]]
         assert "| " + " | ".join(cells) + " |" in text
+    # Each measured method is followed by its published numbers (zero-shot CLIP's trainer is ZeroshotCLIP).
+    pets = [method for dataset, method in rows if dataset == "OxfordPets"]
+    assert pets.index("CoCoOp [published]") == pets.index(COCOOP) + 1
+    assert pets.index("CLIP [published]") == pets.index(ZS) + 1
+    assert all(source for source in SOURCES.values())
     # The published MuPL row exists only as an 11-dataset average, so it is not compared on 2 datasets.
     assert not any(method.startswith("MuPL-paper") for _, method in rows)
     assert rows[("DescribableTextures", MUPL)]["all_seeds"] == "False"
@@ -174,3 +180,21 @@ def test_published_average_row_used_when_all_eleven_present(tmp_path):
     labels = list(report.BASE2NEW_DATASETS.values())
     assert report.average_published(reference["MuPL-paper-derived"], labels) == (83.22, 76.48, 79.71)
     assert report.average_published(reference["CoCoOp"], labels) == (80.47, 71.69, 75.83)
+
+
+def test_every_published_method_sits_next_to_the_trainer_that_measures_it():
+    import plugins
+    from dassl.engine import TRAINER_REGISTRY
+
+    plugins.import_plugins()
+    trainers = set(TRAINER_REGISTRY.registered_names())
+    for name in report.read_reference():
+        assert report.trainer_of_published(name) in trainers, name
+
+
+def test_a_tree_of_unfinished_runs_only_reports_them_without_a_table(tmp_path):
+    """What a sweep stopped during its first training leaves: no table, no figure, the run listed."""
+    write_log(b2n(tmp_path, "train_base", "oxford_pets", "MuPL", "cfg_m", 1), 0.0, "unfinished")
+    files, text = report.build_report(str(tmp_path), seeds=(1,))
+    assert set(files) == {"report.md"}
+    assert "- MuPL (cfg_m) oxford_pets train_base: seed 1 unfinished" in text

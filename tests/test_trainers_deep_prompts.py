@@ -10,7 +10,7 @@ import clip
 from clip.tiny import build_tiny_clip
 from tests.helpers import assert_same_values_and_gradients
 from trainers import ivlp, maple, promptsrc, vpt
-from trainers.common import ConfigError, cast_clip, default_trainer_node, freeze_all_but_prompt_learner
+from trainers.common import BackboneMismatch, cast_clip, default_trainer_node, freeze_all_but_prompt_learner
 from trainers.deep_prompts import deep_prompts
 from trainers.prompt_averaging import GaussianPromptAverage, gaussian_epoch_weights
 from trainers.templates import PROMPTSRC_TEMPLATES
@@ -88,7 +88,7 @@ def test_ivlp_names_what_it_trains_as_the_official_checkpoints_do():
     assert sorted(model.state_dict()) == [
         "image_encoder.VPT", "image_encoder.transformer.resblocks.1.VPT_shallow", "prompt_learner.ctx",
         "text_encoder.transformer.resblocks.1.VPT_shallow"]
-    with pytest.raises(ConfigError, match="TRAINER.IVLP.PROMPT_DEPTH_VISION is 9, but this backbone's tower has 3"):
+    with pytest.raises(BackboneMismatch, match="TRAINER.IVLP.PROMPT_DEPTH_VISION is 9, but this backbone's tower has 3"):
         build(ivlp, "IVLP", ivlp.IndependentPromptsCLIP, PROMPT_DEPTH_TEXT=2, PROMPT_DEPTH_VISION=9)
 
 
@@ -96,7 +96,7 @@ def test_prompt_methods_refuse_a_resnet_with_one_message():
     resnet = build_tiny_clip("rn").float()
     for module, node_name, model_class in ((ivlp, "IVLP", ivlp.IndependentPromptsCLIP),
                                            (vpt, "VPT", vpt.VisualPromptCLIP), (maple, "MAPLE", maple.MaPLeCLIP)):
-        with pytest.raises(ConfigError, match="needs a ViT backbone"):
+        with pytest.raises(BackboneMismatch, match="needs a ViT backbone"):
             model_class(default_trainer_node(module, node_name), NAMES, resnet)
 
 

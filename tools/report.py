@@ -140,13 +140,31 @@ def collect_transfer(root, seeds, trainers, targets):
 
 def read_reference(path=REFERENCE_CSV):
     """{method: {dataset: (base, new, hm)}} of the published base-to-new results."""
-    with open(path, encoding="utf-8") as csv_file:
-        rows = csv.DictReader(line for line in csv_file if not line.startswith("#"))
-        reference = {}
-        for row in rows:
-            reference.setdefault(row["method"], {})[row["dataset"]] = (
-                float(row["base"]), float(row["new"]), float(row["hm"]))
+    reference = {}
+    for row in reference_rows(path):
+        reference.setdefault(row["method"], {})[row["dataset"]] = (
+            float(row["base"]), float(row["new"]), float(row["hm"]))
     return reference
+
+
+def reference_sources(path=REFERENCE_CSV):
+    """{method: where its published numbers come from}."""
+    return {row["method"]: row["source"] for row in reference_rows(path)}
+
+
+def reference_rows(path):
+    with open(path, encoding="utf-8") as csv_file:
+        return list(csv.DictReader(line for line in csv_file if not line.startswith("#")))
+
+
+# A published method is shown next to the measured trainer of the same name ("IVLP (2+2 ctx, depth 12)" next
+# to IVLP, "MuPL-paper-derived" next to MuPL); zero-shot CLIP's trainer has another name.
+PUBLISHED_AS = {"CLIP": "ZeroshotCLIP"}
+
+
+def trainer_of_published(name):
+    first = re.split(r"[ (-]", name, maxsplit=1)[0]
+    return PUBLISHED_AS.get(first, first)
 
 
 def average_published(results, labels):
@@ -181,8 +199,10 @@ def cocoop_measured(table):
     return max(candidates, key=lambda m: len(table[m])) if candidates else None
 
 
-def base2new_rows(table, reference):
-    """Rows (dataset, method, source, base, new, hm, deltas...) of the base-to-new table, and notes."""
+def base2new_rows(table, reference, sources=None):
+    """Rows (dataset, method, source, base, new, hm, deltas...) of the base-to-new table, and notes. A
+    published row follows the measured row of its method, with its source."""
+    sources = sources or {}
     measured = {m: {d: row for d, (b, n) in cells.items() if (row := measured_row(b, n))}
                 for m, cells in table.items()}
     datasets = [d for d in BASE2NEW_DATASETS if any(d in rows for rows in measured.values())]
@@ -202,6 +222,16 @@ def base2new_rows(table, reference):
 
     out = []
     for dataset in datasets + ["Average"]:
+        labels = [dataset_label(d) for d in datasets if d in BASE2NEW_DATASETS] if dataset == "Average" \
+            else [dataset_label(dataset)]
+        published = {}
+        for name, results in reference.items():
+            values = average_published(results, labels) if dataset == "Average" else results.get(labels[0])
+            if values is not None:
+                published[name] = {"dataset": dataset_label(dataset), "method": f"{name} [published]",
+                                   "source": sources.get(name, ""), "base": values[0], "new": values[1],
+                                   "hm": values[2], "base_std": None, "new_std": None, "complete": True,
+                                   "vs": "", "delta": None}
         for method in sorted(measured):
             if dataset == "Average":
                 present = [d for d in BASE2NEW_DATASETS if d in measured[method]]
@@ -219,15 +249,9 @@ def base2new_rows(table, reference):
             ref, ref_source = cocoop_reference(keys)
             out.append({"dataset": dataset_label(dataset), "method": method, "source": "measured",
                         **row, "vs": ref_source, "delta": ref})
-        labels = [dataset_label(d) for d in datasets if d in BASE2NEW_DATASETS] if dataset == "Average" \
-            else [dataset_label(dataset)]
-        for name, results in reference.items():
-            values = average_published(results, labels) if dataset == "Average" else results.get(labels[0])
-            if values is None:
-                continue
-            out.append({"dataset": dataset_label(dataset), "method": f"{name} [paper]", "source": "paper",
-                        "base": values[0], "new": values[1], "hm": values[2], "base_std": None,
-                        "new_std": None, "complete": True, "vs": "", "delta": None})
+            trainer = method.split(" (")[0]
+            out += [published.pop(name) for name in list(published) if trainer_of_published(name) == trainer]
+        out += published.values()
     for row in out:
         ref = row.pop("delta")
         row["d_base"], row["d_new"], row["d_hm"] = (
@@ -247,13 +271,13 @@ def signed(value):
 
 
 def base2new_table(rows, show_std):
-    header = ["Dataset", "Method", "Base", "New", "H", "ΔBase", "ΔNew", "ΔH", "Δ vs"]
+    header = ["Dataset", "Method", "Base", "New", "H", "ΔBase", "ΔNew", "ΔH", "Δ vs", "Source"]
     body = []
     for row in rows:
         mark = "" if row["complete"] else " *"
         body.append([row["dataset"], row["method"] + mark, number(row["base"], row["base_std"], show_std),
                      number(row["new"], row["new_std"], show_std), number(row["hm"]),
-                     signed(row["d_base"]), signed(row["d_new"]), signed(row["d_hm"]), row["vs"]])
+                     signed(row["d_base"]), signed(row["d_new"]), signed(row["d_hm"]), row["vs"], row["source"]])
     return header, body
 
 
@@ -365,18 +389,19 @@ def build_report(root, trainers=None, seeds=(1, 2, 3), show_std=False, reference
     """{file name: content} of the whole report, and the Markdown text."""
     reference = read_reference(reference_path)
     base2new, problems = collect_base2new(root, seeds, trainers)
-    rows, notes = base2new_rows(base2new, reference)
+    rows, notes = base2new_rows(base2new, reference, reference_sources(reference_path))
     files = {}
     sections = ["# Results report", f"Seeds expected: {', '.join(map(str, seeds))}. Cells are means over "
                 "seeds; `*` marks a cell with some seeds missing or unfinished. H = 2BN/(B+N) from the "
                 "averaged Base and New. Δ = measured minus CoCoOp (the `Δ vs` column says which CoCoOp)."]
-    if base2new:
+    if rows:   # a tree with unfinished runs only has no table (they are listed below)
         files["base2new.csv"] = csv_text(*base2new_csv_rows(rows))
         header, body = base2new_table(rows, show_std)
         files["base2new.tex"] = latex(header, body)
         files["base2new.png"] = figure_png(rows)
-        notes.append("Published [paper] averages are over the same datasets as the table (their own Average "
-                     "row when all 11 are there); a published method without those datasets is left out.")
+        notes.append("[published] rows follow the measured row of the same method; their averages are over the "
+                     "same datasets as the table (their own Average row when all 11 are there); a published "
+                     "method without those datasets is left out. Sources: tools/reference_results.csv.")
         sections += ["## Base-to-new generalisation", markdown(header, body), "\n".join(f"- {n}" for n in notes)]
     for name, title, columns in (
             ("cross_dataset", "Cross-dataset transfer (source ImageNet)",

@@ -55,10 +55,34 @@ def default_trainer_node(trainer_module, name, **values):
     return node
 
 
+def node_with(node, **values):
+    """A copy of config ``node`` with ``values`` in place of its own: a trainer that overrides a key (KgCoOp
+    and ProGrad choose CoOp's initial phrase themselves) leaves the run's frozen config as it is."""
+    node = node.clone()
+    node.defrost()
+    for key, value in values.items():
+        setattr(node, key, value)
+    return node
+
+
 def clip_cache_dir(cfg):
     if cfg.MODEL.BACKBONE.get("CACHE_DIR", ""):
         return cfg.MODEL.BACKBONE.CACHE_DIR
     return os.environ.get("CLIP_CACHE_DIR") or osp.expanduser("~/.cache/clip")
+
+
+class BackboneMismatch(ValueError):
+    """A config value that does not fit the backbone (for a weights file, found only once it is loaded);
+    the message names the key and the fix."""
+
+
+def check_input_size(cfg, resolution, source):
+    """CLIP's image encoder takes one resolution (its positional embedding is fixed): INPUT.SIZE must be it.
+    train.py checks it before the run for an official model name; ``load_clip_to_cpu`` for a weights file."""
+    size = tuple(cfg.INPUT.SIZE)
+    if size != (resolution, resolution):
+        raise BackboneMismatch(f"INPUT.SIZE is {size!r}; allowed: ({resolution}, {resolution}), the input "
+                               f"resolution of {source}")
 
 
 def load_clip_to_cpu(cfg):
@@ -66,7 +90,9 @@ def load_clip_to_cpu(cfg):
     name = cfg.MODEL.BACKBONE.NAME
     print(f"Loading CLIP (backbone: {name})")
     state_dict = clip.load_state_dict_from(name, download_root=clip_cache_dir(cfg))
-    return clip.build_model(state_dict)
+    clip_model = clip.build_model(state_dict)
+    check_input_size(cfg, clip_model.visual.input_resolution, name)  # a weights file: known only now
+    return clip_model
 
 
 def effective_precision(prec, device):
@@ -91,15 +117,10 @@ def cast_clip(clip_model, prec):
     return clip_model
 
 
-class ConfigError(ValueError):
-    """A config value that does not fit the loaded backbone (found only once it is built); the message
-    names the key and the fix."""
-
-
 def require_vit(clip_model, method):
     """Visual prompts need image tokens; a ResNet has none."""
     if not hasattr(clip_model.visual, "transformer"):
-        raise ConfigError(f"{method} prompts CLIP's image transformer and needs a ViT backbone "
+        raise BackboneMismatch(f"{method} prompts CLIP's image transformer and needs a ViT backbone "
                          "(MODEL.BACKBONE.NAME ViT-B/16, ViT-B/32, ...); this backbone is a ResNet")
 
 
@@ -157,9 +178,12 @@ class PromptTrainer(TrainerX):
         """Refuse, before anything is built or written, config values this trainer cannot run: one
         ValueError naming the key, the value and what is allowed. train.py calls it first; subclasses
         extend it (``super().validate_cfg(cfg)``)."""
-        prec = cfg.TRAINER[cls.CFG_NODE].PREC
-        if prec not in PRECISIONS:
-            raise ValueError(f"TRAINER.{cls.CFG_NODE}.PREC is {prec!r}; choose one of {', '.join(PRECISIONS)}")
+        node = cfg.TRAINER[cls.CFG_NODE]
+        if node.PREC not in PRECISIONS:
+            raise ValueError(f"TRAINER.{cls.CFG_NODE}.PREC is {node.PREC!r}; choose one of {', '.join(PRECISIONS)}")
+        if "N_CTX" in node and node.N_CTX < 1 and not node.get("CTX_INIT"):
+            raise ValueError(f"TRAINER.{cls.CFG_NODE}.N_CTX is {node.N_CTX} and CTX_INIT is empty: there is no "
+                             "context to learn; set N_CTX to 1 or more, or give CTX_INIT")
 
     def check_cfg(self, cfg):
         self.validate_cfg(cfg)

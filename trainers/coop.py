@@ -50,6 +50,8 @@ class CoOpPromptLearner(PromptLearner):
 
 
 class CoOpCLIP(PromptedCLIP):
+    LEARNER = CoOpPromptLearner  # what holds ctx; KgCoOp's also knows its official checkpoint's extras
+
     def __init__(self, coop_cfg, classnames, clip_model):
         if coop_cfg.CLASS_TOKEN_POSITION not in CLASS_TOKEN_POSITIONS:
             raise ValueError(f"CLASS_TOKEN_POSITION must be one of {CLASS_TOKEN_POSITIONS}")
@@ -59,7 +61,7 @@ class CoOpCLIP(PromptedCLIP):
             print("Note: TRAINER.COOP.CSC is ignored with CTX_INIT, as in CoOp: one context shared by all classes")
         leading = (len(self.classnames),) if coop_cfg.CSC and not coop_cfg.CTX_INIT else ()
         ctx = initial_context(self.class_prompts, n_ctx, self.ctx_dim, coop_cfg.CTX_INIT, leading)
-        self.prompt_learner = CoOpPromptLearner(ctx)
+        self.prompt_learner = self.LEARNER(ctx)
         self.position = coop_cfg.CLASS_TOKEN_POSITION
 
     def class_text(self):
@@ -77,6 +79,14 @@ class CoOpCLIP(PromptedCLIP):
 @TRAINER_REGISTRY.register()
 class CoOp(PromptTrainer):
     CFG_NODE = "COOP"
+
+    @classmethod
+    def validate_cfg(cls, cfg):
+        super().validate_cfg(cfg)
+        position = cfg.TRAINER.COOP.CLASS_TOKEN_POSITION
+        if position not in CLASS_TOKEN_POSITIONS:
+            raise ValueError(f"TRAINER.COOP.CLASS_TOKEN_POSITION is {position!r}; choose one of "
+                             f"{', '.join(CLASS_TOKEN_POSITIONS)}")
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return CoOpCLIP(cfg.TRAINER.COOP, classnames, clip_model)

@@ -8,7 +8,7 @@ towers inject them through ``Transformer.forward_batch_first(deep_prompts=...)``
 import torch
 from torch import nn
 
-from .common import ConfigError
+from .common import BackboneMismatch
 
 PROMPT_STD = 0.02
 
@@ -22,7 +22,7 @@ def add_deep_prompts(transformer, n_tokens, depth, key):
     """``VPT_shallow`` on blocks 1 .. depth - 1 (block 0's prompts are the input prompts); ``key`` names
     the config value in the message when the tower has fewer layers."""
     if depth > transformer.layers:
-        raise ConfigError(f"{key} is {depth}, but this backbone's tower has {transformer.layers} layers; "
+        raise BackboneMismatch(f"{key} is {depth}, but this backbone's tower has {transformer.layers} layers; "
                           f"use at most {transformer.layers}")
     for block in list(transformer.resblocks)[1:depth]:
         block.VPT_shallow = prompt_parameter(n_tokens, transformer.width)

@@ -5,7 +5,6 @@ The text side is CoOp's context plus a learned replacement for it at the input o
 1 .. J_v - 1. Neither branch sees the other's prompts. Names and registration follow the official code, so
 its checkpoints (``VLPromptLearner/``) load here.
 """
-import torch.nn.functional as F
 
 from dassl.engine import TRAINER_REGISTRY
 
@@ -55,10 +54,6 @@ class IndependentPromptsCLIP(TrainableStateDict, PromptedCLIP):
 
     def forward(self, image):
         return self.logit_scale.exp() * self.prompted_image(image) @ self.class_text().t()
-
-    def training_loss(self, image, label):
-        logits = self(image)
-        return F.cross_entropy(logits, label), logits
 
 
 def validate_prompt_sizes(node_name, node):

@@ -6,14 +6,13 @@ per-layer projections start as copies of one freshly initialised linear layer, a
 """
 import copy
 
-import torch.nn.functional as F
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
 
 from .checkpoint_layout import TrainableStateDict
 from .common import (
-    ConfigError,
+    BackboneMismatch,
     PromptedCLIP,
     PromptTrainer,
     declare_trainer_node,
@@ -57,7 +56,7 @@ class MaPLeCLIP(TrainableStateDict, PromptedCLIP):
         super().__init__(clip_model, classnames, node.N_CTX, phrase)
         layers = min(self.text_encoder.transformer.layers, clip_model.visual.transformer.layers)
         if node.PROMPT_DEPTH > layers:
-            raise ConfigError(f"TRAINER.MAPLE.PROMPT_DEPTH is {node.PROMPT_DEPTH}, but this backbone has {layers} "
+            raise BackboneMismatch(f"TRAINER.MAPLE.PROMPT_DEPTH is {node.PROMPT_DEPTH}, but this backbone has {layers} "
                               f"layers; use at most {layers}")
         ctx = initial_context(self.class_prompts, node.N_CTX, self.ctx_dim, phrase)
         self.prompt_learner = MultiModalPromptLearner(ctx, node.PROMPT_DEPTH, clip_model.visual.width)
@@ -70,10 +69,6 @@ class MaPLeCLIP(TrainableStateDict, PromptedCLIP):
         text = self.encode_instance_text(self.prompt_learner.ctx[None], deep_text)[0]
         image_features = self.encode_image(image, prompts=image_prompts, deep_prompts=deep_image)
         return self.logit_scale.exp() * image_features @ text.t()
-
-    def training_loss(self, image, label):
-        logits = self(image)
-        return F.cross_entropy(logits, label), logits
 
 
 @TRAINER_REGISTRY.register()

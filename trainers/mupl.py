@@ -15,6 +15,7 @@ from dassl.engine import TRAINER_REGISTRY
 
 from .cocoop import meta_net
 from .common import (
+    BackboneMismatch,
     PromptedCLIP,
     PromptLearner,
     PromptTrainer,
@@ -141,7 +142,9 @@ class MuPLCLIP(PromptedCLIP):
         if tvp.TEXT not in TVP_TEXTS:
             raise ValueError(f"TVP.TEXT must be one of {TVP_TEXTS}, got {tvp.TEXT!r}")
         if tvp.ENABLED and not hasattr(clip_model.visual, "transformer"):
-            raise ValueError("TVP needs a ViT image encoder; set TRAINER.MUPL.TVP.ENABLED False")
+            raise BackboneMismatch("TRAINER.MUPL.TVP prompts CLIP's image transformer and needs a ViT backbone "
+                                   "(MODEL.BACKBONE.NAME ViT-B/16, ...); with a ResNet set TRAINER.MUPL.TVP.ENABLED "
+                                   "False")
         self.tvp_cfg = tvp
         self.contrastive_weight = mupl_cfg.LOSS.CONTRASTIVE_WEIGHT
 
@@ -196,6 +199,23 @@ class MuPLCLIP(PromptedCLIP):
 @TRAINER_REGISTRY.register()
 class MuPL(PromptTrainer):
     CFG_NODE = "MUPL"
+
+    @classmethod
+    def validate_cfg(cls, cfg):
+        super().validate_cfg(cfg)
+        node = cfg.TRAINER.MUPL
+        checks = [
+            ("FTP.MODE", node.FTP.MODE, node.FTP.MODE in FTP_MODES, f"one of {', '.join(FTP_MODES)}"),
+            ("TVP.TEXT", node.TVP.TEXT, node.TVP.TEXT in TVP_TEXTS, f"one of {', '.join(TVP_TEXTS)}"),
+            ("TVP.TOPK", node.TVP.TOPK, node.TVP.TOPK >= 1, "1 or more classes (clamped to the class count)"),
+            ("TVP.DEPTH", node.TVP.DEPTH, node.TVP.DEPTH >= 1, "1 or more layers"),
+            ("TVP.TEMP", node.TVP.TEMP, node.TVP.TEMP > 0, "a positive softmax temperature (default 0.01)"),
+            ("LOSS.CONTRASTIVE_WEIGHT", node.LOSS.CONTRASTIVE_WEIGHT, node.LOSS.CONTRASTIVE_WEIGHT >= 0,
+             "0 (off) or more"),
+        ]
+        for key, value, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"TRAINER.MUPL.{key} is {value!r}; allowed: {allowed}")
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return MuPLCLIP(cfg.TRAINER.MUPL, classnames, clip_model)

@@ -1,3 +1,4 @@
+from .checks import ConfigError, check_cfg
 from .defaults import _C as cfg_default
 
 

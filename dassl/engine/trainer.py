@@ -1,11 +1,12 @@
 """Dassl's trainer hierarchy: TrainerBase (bookkeeping), SimpleTrainer (loop, test), TrainerX (epoch).
 
-Beyond Dassl: every epoch end leaves a resumable checkpoint, SIGTERM/SIGINT stop after the current
-iteration with a checkpoint, and a checkpoint carries every random state, so a rerun of the same command
-continues bit-identically on the CPU. Under torchrun (see dassl/utils/distributed.py) training runs
-through DistributedDataParallel on a shard of the data per process, evaluation is sharded and gathered,
-and only rank 0 writes checkpoints and tensorboard.
+Beyond Dassl: every epoch end leaves a resumable checkpoint, SIGTERM/SIGINT stop training after the
+current iteration with a checkpoint (an evaluation, after the current batch), and a checkpoint carries
+every random state, so a rerun of the same command continues bit-identically on the CPU. Under torchrun
+(see dassl/utils/distributed.py) training runs through DistributedDataParallel on a shard of the data per
+process, evaluation is sharded and gathered, and only rank 0 writes checkpoints and tensorboard.
 """
+import contextlib
 import datetime
 import glob
 import os
@@ -42,6 +43,7 @@ from dassl.utils.distributed import (
     local_rank,
     max_over_ranks,
 )
+from dassl.utils.scalar_writer import ScalarWriter
 
 from .distributed import DistributedModel, check_trainable_inside, gather_in_dataset_order
 
@@ -60,7 +62,8 @@ def missing_model_message(model_path):
 
 
 class TrainingInterrupted(SystemExit):
-    """Raised after the interrupt checkpoint is written; its code is the shell's 128 + signal."""
+    """Raised when a signal stops a run (after the interrupt checkpoint of a training step, or within an
+    evaluation); its code is the shell's 128 + signal."""
 
 
 class TrainerBase:
@@ -294,12 +297,11 @@ class TrainerBase:
         if self._writer is not None:
             return
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            self._writer = ScalarWriter(log_dir)
         except ImportError:
             print("Note: tensorboard is not installed; no scalars are written")
             return
         print(f"Initialize tensorboard (log_dir={log_dir})")
-        self._writer = SummaryWriter(log_dir=log_dir)
 
     def close_writer(self):
         if self._writer is not None:
@@ -418,11 +420,18 @@ class SimpleTrainer(TrainerBase):
 
     def train(self):
         """Train with SIGTERM/SIGINT turned into a checkpoint at the end of the current iteration."""
+        with self._stop_signals_recorded():
+            super().train(self.start_epoch, self.max_epoch)
+
+    @contextlib.contextmanager
+    def _stop_signals_recorded(self):
+        """SIGTERM/SIGINT only note the request; the loops stop where the run can be continued. DataLoader
+        workers forked inside inherit the handler, so Ctrl-C on the terminal does not kill them."""
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._request_stop)
         try:
-            super().train(self.start_epoch, self.max_epoch)
+            yield
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -523,13 +532,16 @@ class SimpleTrainer(TrainerBase):
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
         shard = []
-        for batch in tqdm(data_loader, disable=not is_main_process()):
-            input, label = self.parse_batch_test(batch)
-            output = self.model_inference(input)
-            if is_distributed():
-                shard.append((output.cpu(), label.cpu()))
-            else:
-                self.evaluator.process(output, label)
+        with self._stop_signals_recorded():
+            for batch_idx, batch in enumerate(tqdm(data_loader, disable=not is_main_process())):
+                input, label = self.parse_batch_test(batch)
+                output = self.model_inference(input)
+                if is_distributed():
+                    shard.append((output.cpu(), label.cpu()))
+                else:
+                    self.evaluator.process(output, label)
+                if self._stop_signal is not None:  # no collective: every process stops on its own signal
+                    self._stop_evaluation(split, batch_idx + 1, len(data_loader))
         if is_distributed():
             results = self._evaluate_shards(shard, data_loader.batch_size)
         else:
@@ -537,6 +549,14 @@ class SimpleTrainer(TrainerBase):
         for key, value in results.items():
             self.write_scalar(f"{split}/{key}", value, self.epoch)
         return list(results.values())[0]
+
+    def _stop_evaluation(self, split, batches_done, num_batches):
+        """Nothing of an evaluation is kept: a rerun of the same command evaluates again (a training run
+        resumes from its last checkpoint, so a finished training is not repeated)."""
+        print(f"Interrupted by signal {self._stop_signal} during the evaluation on the *{split}* set, after "
+              f"batch {batches_done} of {num_batches}; rerun the same command to evaluate again")
+        self.close_writer()
+        raise TrainingInterrupted(STOP_SIGNALS.get(self._stop_signal, 1))
 
     def _evaluate_shards(self, shard, batch_size):
         """Rank 0 feeds the evaluator every process's outputs, in dataset order and in batches as one

@@ -2,15 +2,20 @@
 
 The kernel drops the lock when its process ends, however it ends, so a lock left by a killed or crashed
 run never blocks the rerun; the lock file only records who holds it, for the message.
+
+``python dassl/utils/runlock.py FOLDER`` (what scripts/lib.sh runs) exits 75 (EX_TEMPFAIL, as train.py)
+with the holder on stderr when a live process holds FOLDER, else 0; it imports nothing of the project.
 """
 import fcntl
 import json
 import os
 import os.path as osp
 import socket
+import sys
 import time
 
 LOCK_FILE = ".run.lock"
+IN_USE_EXIT_CODE = 75
 
 
 class FolderInUse(RuntimeError):
@@ -34,6 +39,21 @@ def read_holder(folder):
         return None
 
 
+_HELD = set()  # the locks this process holds
+
+
+def _drop_held_locks_in_child():
+    """A flock belongs to the open file, which a forked child (a DataLoader worker) shares: the child drops
+    its copy, so the folder is free as soon as the holder is gone, not when its last worker notices."""
+    for lock in list(_HELD):
+        os.close(lock._fd)
+        lock._fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+
+
 class RunLock:
     """``with RunLock(folder):`` or ``acquire()``/``release()``; raises FolderInUse when held elsewhere."""
 
@@ -52,15 +72,21 @@ class RunLock:
             raise FolderInUse(_describe(read_holder(self.folder), self.folder)) from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
                   "command": self.command}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError:
+            os.close(fd)  # a full disk: the caller reports it, and the folder is not left held
+            raise
         self._fd = fd
+        _HELD.add(self)
         return self
 
     def release(self):
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
+            _HELD.discard(self)
 
     def __enter__(self):
         return self.acquire()
@@ -82,3 +108,9 @@ def folder_in_use(folder):
     finally:
         os.close(fd)
     return None
+
+
+if __name__ == "__main__":  # `python dassl/utils/runlock.py FOLDER` (no torch import): who holds it, 75 if held
+    message = folder_in_use(sys.argv[1])
+    print(message or f"{sys.argv[1]} is not in use")
+    sys.exit(IN_USE_EXIT_CODE if message else 0)

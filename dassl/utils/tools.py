@@ -61,12 +61,19 @@ def listdir_nohidden(path, sort=False):
 
 
 def read_image(path):
-    """An RGB PIL image; a missing or unreadable file fails with its path in the message."""
+    """An RGB PIL image; a missing, unreadable or decompression-bomb file fails with its path in the
+    message. PIL's warning for a large image below the bomb limit is not repeated for every such image
+    (the images are the dataset's own, listed in its split)."""
     if not osp.exists(path):
         raise FileNotFoundError(f'No image at "{path}"')
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise OSError(f'Cannot read image "{path}": {error} Shrink the image, or remove it from the '
+                      "dataset") from error
     except (UnidentifiedImageError, OSError) as error:
         raise OSError(f'Cannot read image "{path}": {error}') from error
 

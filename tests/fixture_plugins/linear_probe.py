@@ -1,11 +1,15 @@
 """A trainer written only against the Dassl.pytorch API, plus a tiny image dataset, for engine tests.
 
 Loaded through $MUPL_EXTRA_PLUGINS=fixture_plugins.linear_probe with tests/ on PYTHONPATH. Set
-$LINEAR_PROBE_SIGTERM_AT=<global iteration> to make the trainer signal itself, as a scheduler would.
+$LINEAR_PROBE_SIGTERM_AT=<global iteration> to make the trainer signal itself, as a scheduler would,
+$LINEAR_PROBE_SIGNAL_IN_TEST=<signal number> to have it signal itself at the first evaluation batch, and
+$LINEAR_PROBE_WAIT_FOR=<file> to hold its first training step until that file exists (it creates
+<file>.waiting when it starts to wait).
 """
 import os
 import os.path as osp
 import signal
+import time
 
 import torch.nn.functional as F
 from torch import nn
@@ -48,8 +52,14 @@ class LinearProbe(TrainerX):
         self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
         self.register_model("linear", self.model, self.optim, self.sched)
         self.sigterm_at = int(os.environ.get("LINEAR_PROBE_SIGTERM_AT", "-1"))
+        self.signal_in_test = int(os.environ.get("LINEAR_PROBE_SIGNAL_IN_TEST", "0"))
+        self.wait_for = os.environ.get("LINEAR_PROBE_WAIT_FOR", "")
 
     def forward_backward(self, batch):
+        if self.wait_for and not osp.exists(self.wait_for):
+            open(self.wait_for + ".waiting", "w").close()
+            while not osp.exists(self.wait_for):
+                time.sleep(0.05)
         image, label, _ = self.parse_batch_train(batch)
         output = self.model(image.flatten(1))
         loss = F.cross_entropy(output, label)
@@ -61,4 +71,6 @@ class LinearProbe(TrainerX):
         return {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
 
     def model_inference(self, image):
+        if self.signal_in_test:
+            os.kill(os.getpid(), self.signal_in_test)
         return self.model(image.flatten(1))

@@ -37,6 +37,19 @@ class Datum:
         return f"Datum({self._impath!r}, label={self._label}, classname={self._classname!r})"
 
 
+def warn_shared_classnames(lab2cname):
+    """Prompts are built from class names (lower-cased, underscores read as spaces, as CLIP's tokenizer
+    and the prompt builders do): labels whose names read the same get identical text features."""
+    labels_of = defaultdict(list)
+    for label, name in lab2cname.items():
+        labels_of[" ".join(name.replace("_", " ").lower().split())].append(label)
+    for labels in labels_of.values():
+        if len(labels) > 1:
+            names = " / ".join(sorted({repr(lab2cname[label]) for label in labels}))
+            print(f"Warning: labels {', '.join(map(str, labels))} share the class name {names}, so their "
+                  "prompts are the same and the model cannot tell them apart; give each its own name")
+
+
 class DatasetBase:
     """Holds the splits; class names and counts are read off ``train_x``."""
 
@@ -50,6 +63,7 @@ class DatasetBase:
         self._test = test
         self._num_classes = self.get_num_classes(train_x)
         self._lab2cname, self._classnames = self.get_lab2cname(train_x)
+        warn_shared_classnames(self._lab2cname)
 
     @property
     def train_x(self):
