@@ -28,7 +28,7 @@ def weights(tmp_path_factory):
 
 
 def tiny_trainer(weights, name):
-    return bench.build_trainer(bench.recipe_cfg(name, weights, cpu=True), bench.class_names(N_CLASSES))
+    return bench.build_trainer(bench.recipe_cfg(name, weights, 32, cpu=True), bench.class_names(N_CLASSES))
 
 
 def loss_and_gradients(trainer, image, label, reference):
@@ -105,7 +105,7 @@ def test_quick_tiny_run_checks_times_and_counts_every_method(tmp_path):
     assert {(r["method"], r["mode"]) for r in rows} == {(m, mode) for m in bench.METHODS for mode in bench.MODES}
     assert len(rows) == len(bench.METHODS) * len(bench.MODES) and {r["classes"] for r in rows} == {19}
     for row in rows:
-        recipe = bench.recipe_cfg(row["trainer"], "unused.pt", cpu=True).DATALOADER.TRAIN_X.BATCH_SIZE
+        recipe = bench.recipe_cfg(row["trainer"], "unused.pt", 32, cpu=True).DATALOADER.TRAIN_X.BATCH_SIZE
         assert row["batch"] == recipe
         assert row["ms_per_image"] > 0 and row["peak_mib"] >= 0
         assert abs(row["images_per_s"] * row["ms_per_image"] - 1000) < 1e-6 * 1000

@@ -62,10 +62,9 @@ TINY_DEPTH = dict(vision_layers=12, transformer_layers=12)  # recipes name depth
 DATASET_CONFIG = "configs/datasets/oxford_pets.yaml"  # its base split has the issue's C = 19 classes
 WORDS = ["spotted", "long haired", "miniature", "great", "red", "saint", "siamese", "terrier", "hound", "cat"]
 # Trainer -> the trainer whose reference design its "x ref" columns divide by. MuPL's target is CoCoOp's
-# reference design (CoCoOp's repository is where MuPL's text path comes from). A trainer joins with one
-# entry: KgCoOp and ProGrad go here as "KgCoOp": "KgCoOp" and "ProGrad": "ProGrad".
+# reference design (CoCoOp's repository is where MuPL's text path comes from). A trainer joins with one entry.
 TRAINERS = {"CoCoOp": "CoCoOp", "MuPL": "CoCoOp", "IVLP": "IVLP", "VPT": "VPT", "MaPLe": "MaPLe",
-            "PromptSRC": "PromptSRC"}
+            "PromptSRC": "PromptSRC", "KgCoOp": "KgCoOp", "ProGrad": "ProGrad"}
 MODES = ("train", "infer")
 
 
@@ -189,10 +188,11 @@ def recipe_file(trainer):
     return folder / f"{(folder / 'default_cfg.txt').read_text().strip()}.yaml"
 
 
-def recipe_cfg(trainer, weights, cpu, prec=None):
-    """train.py's config for the trainer's default recipe, with the bench's CLIP weights file."""
+def recipe_cfg(trainer, weights, resolution, cpu, prec=None):
+    """train.py's config for the trainer's default recipe, with the bench's CLIP weights file and its input
+    resolution."""
     modules = plugins.import_plugins()  # registers every trainer
-    opts = ["MODEL.BACKBONE.NAME", weights, "USE_CUDA", str(not cpu)]
+    opts = ["MODEL.BACKBONE.NAME", weights, "INPUT.SIZE", f"({resolution}, {resolution})", "USE_CUDA", str(not cpu)]
     if prec:
         opts += [f"TRAINER.{TRAINER_REGISTRY.get(trainer).CFG_NODE}.PREC", prec]
     args = train.build_parser().parse_args(["--trainer", trainer, "--dataset-config-file", str(REPO / DATASET_CONFIG),
@@ -327,7 +327,7 @@ def run(args):
         weights = os.path.join(folder, "clip.pt")
         torch.save(clip_model.state_dict(), weights)
         del clip_model
-        cfgs = {t: recipe_cfg(t, weights, args.cpu, args.prec) for t in trainers_needed}
+        cfgs = {t: recipe_cfg(t, weights, resolution, args.cpu, args.prec) for t in trainers_needed}
         for n_cls in args.classes:
             trainers = {t: build_trainer(cfgs[t], class_names(n_cls)) for t in trainers_needed}
             device = next(iter(trainers.values())).device
