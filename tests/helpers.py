@@ -15,6 +15,8 @@ import train
 from dassl.config import get_cfg_default
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils.logger import Logger
+from clip.tiny import save_tiny_clip
+from tests.fake_trees import make_fake_oxford_pets
 
 LINEAR_PROBE_CONFIG = """
 INPUT:
@@ -40,6 +42,12 @@ TRAIN:
 DATASET:
   NAME: "TinyFolders"
 """
+
+
+def make_pets_world(root, n_test=3):
+    """A fake OxfordPets tree and a tiny CLIP file under root: all a base-to-new train.py run reads."""
+    make_fake_oxford_pets(root / "data", n_train=2, n_val=1, n_test=n_test)
+    return root, save_tiny_clip(root / "tiny.pt")
 
 
 def make_tiny_folders(root, train_counts=(6, 6, 6), test_counts=(4, 4, 4)):

@@ -18,12 +18,11 @@ from torch.utils.tensorboard import SummaryWriter
 import train
 from clip import clip as clip_module
 from clip.tiny import save_tiny_clip
-from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import CheckpointError, load_checkpoint, read_image, save_checkpoint
 from dassl.utils import logger as logger_module
 from datasets.base import DatasetError
 from tests.fake_trees import make_fake_oxford_pets, make_split_tree, write_image
-from tests.helpers import run_main
+from tests.helpers import make_pets_world, run_main
 from tests.test_datasets import load as load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,10 +35,7 @@ def snapshot(folder):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad_inputs")
-    make_fake_oxford_pets(root / "data", n_train=2, n_val=1, n_test=2)
-    tiny = save_tiny_clip(root / "tiny.pt")
-    return root, tiny
+    return make_pets_world(tmp_path_factory.mktemp("bad_inputs"), n_test=2)
 
 
 def args_for(world, out, trainer="MuPL", *extra, data=None):

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clip.tiny import build_tiny_clip, save_tiny_clip
+from clip.tiny import build_tiny_clip
 from dassl.utils import CheckpointError, load_checkpoint
-from tests.fake_trees import make_fake_oxford_pets
-from tests.helpers import run_main, write_dassl_pytorch_checkpoint
+from tests.helpers import make_pets_world, run_main, write_dassl_pytorch_checkpoint
 from trainers import cocoop, coop
 from trainers.common import default_trainer_node, freeze_all_but_prompt_learner, load_like_coop
 
@@ -22,9 +21,7 @@ COCOOP_CFG = REPO / "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compat")
-    make_fake_oxford_pets(root / "data", n_train=2, n_val=1, n_test=3)
-    return root, save_tiny_clip(root / "tiny.pt")
+    return make_pets_world(tmp_path_factory.mktemp("compat"))
 
 
 def argv(world, out, trainer, *extra, epochs=1):

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clip.tiny import save_tiny_clip, tiny_state_dict
+from clip.tiny import tiny_state_dict
 from dassl.utils import load_checkpoint
-from tests.fake_trees import make_fake_oxford_pets
-from tests.helpers import run_main, write_dassl_pytorch_checkpoint
+from tests.helpers import make_pets_world, run_main, write_dassl_pytorch_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DEPTHS = {  # the tiny CLIP has 2 text and 3 image layers
@@ -27,9 +26,7 @@ REGISTERED = {"IVLP": "VLPromptLearner", "VPT": "prompt_learner", "MaPLe": "Mult
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("deep_prompt_runs")
-    make_fake_oxford_pets(root / "data", n_train=2, n_val=1, n_test=3)
-    return root, save_tiny_clip(root / "tiny.pt")
+    return make_pets_world(tmp_path_factory.mktemp("deep_prompt_runs"))
 
 
 def argv(world, out, trainer, *extra, epochs=1):

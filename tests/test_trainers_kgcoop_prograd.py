@@ -14,13 +14,17 @@ from yacs.config import CfgNode as CN
 
 import clip
 import train
-from clip.tiny import build_tiny_clip, save_tiny_clip
+from clip.tiny import build_tiny_clip
 from dassl.config import get_cfg_default
 from dassl.engine.trainer import TrainerBase
 from dassl.optim import build_optimizer
 from dassl.utils import load_checkpoint
-from tests.fake_trees import make_fake_oxford_pets
-from tests.helpers import assert_same_values_and_gradients, run_main, write_dassl_pytorch_checkpoint
+from tests.helpers import (
+    assert_same_values_and_gradients,
+    make_pets_world,
+    run_main,
+    write_dassl_pytorch_checkpoint,
+)
 from tools.bench import reference_text
 from trainers import kgcoop, prograd
 from trainers.common import default_trainer_node, freeze_all_but_prompt_learner
@@ -259,9 +263,7 @@ def test_prograd_loads_an_official_checkpoint(clip_model):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kgcoop_prograd")
-    make_fake_oxford_pets(root / "data", n_train=2, n_val=1, n_test=3)
-    return root, save_tiny_clip(root / "tiny.pt")
+    return make_pets_world(tmp_path_factory.mktemp("kgcoop_prograd"))
 
 
 def argv(world, out, trainer, *extra):
