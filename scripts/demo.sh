@@ -6,7 +6,8 @@
 # and the results report (tables + figure) is printed and saved. Only the backbone, the dataset, the image
 # size, the epochs (and batch sizes) and, for the tiny CLIP's 3 layers, the prompt depths differ from a real
 # benchmark run. See docs/demo.md.
-# Environment: PYTHON, DEMO_DIR (default output/demo), DEMO_WEIGHTS, DEMO_QUICK=1 (CI: fewer images, 1 epoch).
+# Environment: PYTHON, DEMO_DIR (default output/demo), DEMO_WEIGHTS, DEMO_QUICK=1 (CI: fewer images, 1 epoch),
+# DEMO_SEEDS (default "1"; "1 2 3" runs three seeds and reports mean and std), DEMO_TRAINERS (default: all ten).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -17,6 +18,7 @@ if [[ "${DEMO_QUICK:-0}" == 1 ]]; then
 else
     PER_CLASS=(24 8 16); SHOTS=16; EPOCHS=5; COOP_EPOCHS=25
 fi
+read -r -a SEEDS <<< "${DEMO_SEEDS:-1}"
 export DATA="$DEMO_DIR/data" OUTPUT="$DEMO_DIR/output" SHOTS PYTHON
 
 echo "== 1/4 ToyShapes dataset (${PER_CLASS[*]} train/val/test images per class)"
@@ -37,7 +39,7 @@ printf '%s\n' "$INPUTS" > "$OUTPUT/demo-inputs.txt"
 
 COMMON=(MODEL.BACKBONE.NAME "$WEIGHTS" INPUT.SIZE "(32, 32)" DATALOADER.NUM_WORKERS 0
         DATALOADER.TEST.BATCH_SIZE 100 TRAIN.PRINT_FREQ 40)
-TRAINERS=(ZeroshotCLIP CoOp CoCoOp KgCoOp ProGrad IVLP VPT MaPLe PromptSRC MuPL)
+read -r -a TRAINERS <<< "${DEMO_TRAINERS:-ZeroshotCLIP CoOp CoCoOp KgCoOp ProGrad IVLP VPT MaPLe PromptSRC MuPL}"
 # What differs from each recipe on the toy world: epochs and batch (CoOp's family trains at batch 8 for
 # CoOp's epochs; the batch-4 methods keep batch 4), and prompt depths within the tiny CLIP's 3 layers.
 demo_options() {
@@ -53,13 +55,16 @@ demo_options() {
         *) OPTS=(OPTIM.MAX_EPOCH "$EPOCHS") ;;
     esac
 }
-echo "== 3/4 base-to-new, seed 1: ${TRAINERS[*]}"
-for TRAINER in "${TRAINERS[@]}"; do
-    demo_options "$TRAINER"
-    echo "-- $TRAINER"
-    bash scripts/base2new_train.sh toy_shapes 1 "$TRAINER" "${COMMON[@]}" "${OPTS[@]}"
-    bash scripts/base2new_test.sh toy_shapes 1 "$TRAINER" "${COMMON[@]}" "${OPTS[@]}"
+echo "== 3/4 base-to-new, seed(s) ${SEEDS[*]}: ${TRAINERS[*]}"
+for SEED in "${SEEDS[@]}"; do
+    for TRAINER in "${TRAINERS[@]}"; do
+        demo_options "$TRAINER"
+        echo "-- $TRAINER, seed $SEED"
+        bash scripts/base2new_train.sh toy_shapes "$SEED" "$TRAINER" "${COMMON[@]}" "${OPTS[@]}"
+        bash scripts/base2new_test.sh toy_shapes "$SEED" "$TRAINER" "${COMMON[@]}" "${OPTS[@]}"
+    done
 done
 
 echo "== 4/4 results"
-"$PYTHON" -m tools.report "$OUTPUT" --seeds 1 --out "$DEMO_DIR/report"
+STD=(); (( ${#SEEDS[@]} > 1 )) && STD=(--std)
+"$PYTHON" -m tools.report "$OUTPUT" --trainers "${TRAINERS[@]}" --seeds "${SEEDS[@]}" "${STD[@]}" --out "$DEMO_DIR/report"

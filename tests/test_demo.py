@@ -101,16 +101,21 @@ def test_shipped_weights_leave_room_for_prompt_learning(toy_root):
     assert probe > zero_shot + 0.15, f"probe {probe:.3f} vs zero-shot {zero_shot:.3f}"
 
 
+def run_demo(demo_dir, **extra_env):
+    env = dict(os.environ, DEMO_QUICK="1", DEMO_DIR=str(demo_dir), PYTHON=sys.executable, OMP_NUM_THREADS="1",
+               **extra_env)
+    result = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(demo_dir / "report" / "base2new.csv") as handle:
+        return {row["method"].split(" ")[0]: row for row in csv.DictReader(handle) if row["source"] == "measured"}
+
+
 def test_reduced_demo_end_to_end(tmp_path):
     stale_run = tmp_path / "output" / "base2new" / "old_run.txt"   # made by another world: kept, moved aside
     stale_run.parent.mkdir(parents=True)
     stale_run.write_text("earlier result")
-    env = dict(os.environ, DEMO_QUICK="1", DEMO_DIR=str(tmp_path), PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    result = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    with open(tmp_path / "report" / "base2new.csv") as handle:
-        rows = {row["method"].split(" ")[0]: row for row in csv.DictReader(handle) if row["source"] == "measured"}
+    rows = run_demo(tmp_path)
     assert set(rows) == {"ZeroshotCLIP", "CoOp", "CoCoOp", "KgCoOp", "ProGrad", "IVLP", "VPT", "MaPLe", "PromptSRC",
                          "MuPL"}
     assert all(row["dataset"] == "ToyShapes" for row in rows.values())
@@ -121,3 +126,13 @@ def test_reduced_demo_end_to_end(tmp_path):
     moved = list(tmp_path.glob("output.stale-*/base2new/old_run.txt"))
     assert [p.read_text() for p in moved] == ["earlier result"]
     assert (tmp_path / "output" / "demo-inputs.txt").read_text().startswith("{")
+
+    # A rerun for more seeds, of some trainers only, reuses seed 1's runs and reports the spread over seeds.
+    runs = tmp_path / "output" / "base2new" / "train_base" / "toy_shapes" / "shots_4" / "CoOp" / "vit_b16_ctxv1"
+    seed1_log = (runs / "seed1" / "log.txt").read_text()
+    rows = run_demo(tmp_path, DEMO_TRAINERS="ZeroshotCLIP CoOp", DEMO_SEEDS="1 2")
+    assert set(rows) == {"ZeroshotCLIP", "CoOp"} and all(row["all_seeds"] == "True" for row in rows.values())
+    assert float(rows["ZeroshotCLIP"]["base_std"]) == 0.0   # zero-shot does not depend on the seed
+    assert sorted(p.name for p in runs.iterdir()) == ["seed1", "seed2"]
+    assert (runs / "seed1" / "log.txt").read_text() == seed1_log   # skipped, not retrained
+    assert "±" in (tmp_path / "report" / "report.md").read_text()
