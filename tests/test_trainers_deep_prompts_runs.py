@@ -82,6 +82,14 @@ def test_trains_saves_official_names_and_an_official_checkpoint_evaluates(world,
     assert "token_prefix, prompt_learner.token_suffix" in official_eval
     assert accuracy(official_eval) == accuracy(ours_eval) == accuracy(stdout)
 
+    # MODEL.INIT_WEIGHTS starts a model from the official checkpoint's prompts (its CLIP tensors are left out)
+    code, init_out, err = run_main(capsys, *argv(world, tmp_path / "init", trainer, "--no-train",
+                                                 "MODEL.INIT_WEIGHTS", official))
+    assert code == 0, err
+    assert f'Successfully loaded pretrained weights from "{official}"' in init_out
+    discarded = re.search(r"Layers discarded due to unmatched keys or size: (.*)", init_out).group(1)
+    assert not any(f"'{key}'" in discarded for key in saved)  # every trained tensor was taken
+
 
 def test_promptsrc_prompt_average_resumes_exactly(world, tmp_path, capsys):
     """Interrupted after epoch 2 of 3, the rerun resumes with the running average and ends with the same
@@ -96,7 +104,8 @@ def test_promptsrc_prompt_average_resumes_exactly(world, tmp_path, capsys):
     (folder / "model.pth.tar-3").unlink()
     (folder / "checkpoint").write_text("model.pth.tar-2\n")
     code, out, err = run_main(capsys, *argv(world, cut, "PromptSRC", "TRAIN.CHECKPOINT_FREQ", 1, epochs=3))
-    assert code == 0, err and "Resumed from epoch 2" in out
+    assert code == 0, err
+    assert "Resumed from epoch 2" in out
     final_whole = load_checkpoint(str(whole / "VLPromptLearner" / "model.pth.tar-3"))["state_dict"]
     final_cut = load_checkpoint(str(folder / "model.pth.tar-3"))["state_dict"]
     epoch_2 = load_checkpoint(str(folder / "model.pth.tar-2"))["state_dict"]

@@ -201,8 +201,8 @@ class PromptTrainer(TrainerX):
         self.model = self.build_custom_clip(cfg, classnames, clip_model)
         print(f"Parameters to be updated: {freeze_all_but_prompt_learner(self.model)}")
 
-        if cfg.MODEL.INIT_WEIGHTS:
-            load_pretrained_weights(self.model.prompt_learner, cfg.MODEL.INIT_WEIGHTS)
+        if cfg.MODEL.INIT_WEIGHTS:  # a checkpoint of the registered module, this method's or its official code's
+            load_pretrained_weights(self.registered_module(), cfg.MODEL.INIT_WEIGHTS)
 
         self.model.to(self.device)
         trained = [param for param in self.registered_module().parameters() if param.requires_grad]
@@ -255,6 +255,14 @@ class PromptTrainer(TrainerX):
             return self.model(image).float()
 
 
+class WholeModelPromptTrainer(PromptTrainer):
+    """IVLP, VPT, MaPLe, PromptSRC: prompts live inside CLIP's towers too, so the official code registers
+    the whole model (a ``TrainableStateDict``: only its trained tensors are saved)."""
+
+    def registered_module(self):
+        return self.model
+
+
 def load_like_coop(trainer, directory, epoch=None):
     """CoOp's ``load_model``, written against Dassl.pytorch's API only: no ``val_result`` printed; the
     registered modules themselves leave out CoOp's class-set buffers (``TrainableStateDict``)."""
@@ -300,7 +308,15 @@ class PromptLearner(TrainableStateDict):
     """Base of the ``prompt_learner`` modules CoOp's family registers: loads CoOp's checkpoints too."""
 
 
-class PromptedCLIP(torch.nn.Module):
+class CrossEntropyTraining:
+    """The training loss of a model trained by cross-entropy on its own logits alone."""
+
+    def training_loss(self, image, label):
+        logits = self(image)
+        return F.cross_entropy(logits, label), logits
+
+
+class PromptedCLIP(CrossEntropyTraining, torch.nn.Module):
     """Frozen CLIP pieces every prompt model uses; subclasses add ``prompt_learner`` and ``forward``."""
 
     def __init__(self, clip_model, classnames, n_ctx, ctx_init):
@@ -332,10 +348,6 @@ class PromptedCLIP(torch.nn.Module):
         text = self.text_encoder.encode_shared_prefix(prefix, self.class_prompts.token_suffix,
                                                       self.class_prompts.eot, deep_prompts)
         return normalize(text)
-
-    def training_loss(self, image, label):
-        logits = self(image)
-        return F.cross_entropy(logits, label), logits
 
 
 class TemplateTextFeatures(torch.nn.Module):

@@ -18,12 +18,16 @@ def prompt_parameter(n_tokens, width):
     return nn.Parameter(torch.randn(n_tokens, width) * PROMPT_STD)
 
 
-def add_deep_prompts(transformer, n_tokens, depth, key):
-    """``VPT_shallow`` on blocks 1 .. depth - 1 (block 0's prompts are the input prompts); ``key`` names
-    the config value in the message when the tower has fewer layers."""
+def check_prompt_depth(transformer, depth, key):
+    """Prompts reach at most every layer of a tower; ``key`` names the config value in the message."""
     if depth > transformer.layers:
         raise BackboneMismatch(f"{key} is {depth}, but this backbone's tower has {transformer.layers} layers; "
-                          f"use at most {transformer.layers}")
+                               f"use at most {transformer.layers}")
+
+
+def add_deep_prompts(transformer, n_tokens, depth, key):
+    """``VPT_shallow`` on blocks 1 .. depth - 1 (block 0's prompts are the input prompts)."""
+    check_prompt_depth(transformer, depth, key)
     for block in list(transformer.resblocks)[1:depth]:
         block.VPT_shallow = prompt_parameter(n_tokens, transformer.width)
 

@@ -11,7 +11,7 @@ from dassl.engine import TRAINER_REGISTRY
 from .checkpoint_layout import TrainableStateDict
 from .common import (
     PromptedCLIP,
-    PromptTrainer,
+    WholeModelPromptTrainer,
     declare_trainer_node,
     init_phrase_or_none,
     initial_context,
@@ -71,7 +71,7 @@ def validate_prompt_sizes(node_name, node):
 
 
 @TRAINER_REGISTRY.register()
-class IVLP(PromptTrainer):
+class IVLP(WholeModelPromptTrainer):
     CFG_NODE = "IVLP"
     MODEL_NAME = "VLPromptLearner"
 
@@ -79,9 +79,6 @@ class IVLP(PromptTrainer):
     def validate_cfg(cls, cfg):
         super().validate_cfg(cfg)
         validate_prompt_sizes(cls.CFG_NODE, cfg.TRAINER[cls.CFG_NODE])
-
-    def registered_module(self):
-        return self.model
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return IndependentPromptsCLIP(cfg.TRAINER.IVLP, classnames, clip_model)

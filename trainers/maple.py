@@ -12,15 +12,14 @@ from dassl.engine import TRAINER_REGISTRY
 
 from .checkpoint_layout import TrainableStateDict
 from .common import (
-    BackboneMismatch,
     PromptedCLIP,
-    PromptTrainer,
+    WholeModelPromptTrainer,
     declare_trainer_node,
     init_phrase_or_none,
     initial_context,
     require_vit,
 )
-from .deep_prompts import prompt_parameter, trains_prompts
+from .deep_prompts import check_prompt_depth, prompt_parameter, trains_prompts
 
 
 def extend_cfg(cfg):
@@ -54,10 +53,8 @@ class MaPLeCLIP(TrainableStateDict, PromptedCLIP):
         require_vit(clip_model, "MaPLe")
         phrase = init_phrase_or_none(node.CTX_INIT, node.N_CTX)
         super().__init__(clip_model, classnames, node.N_CTX, phrase)
-        layers = min(self.text_encoder.transformer.layers, clip_model.visual.transformer.layers)
-        if node.PROMPT_DEPTH > layers:
-            raise BackboneMismatch(f"TRAINER.MAPLE.PROMPT_DEPTH is {node.PROMPT_DEPTH}, but this backbone has {layers} "
-                              f"layers; use at most {layers}")
+        for tower in (self.text_encoder.transformer, clip_model.visual.transformer):
+            check_prompt_depth(tower, node.PROMPT_DEPTH, "TRAINER.MAPLE.PROMPT_DEPTH")
         ctx = initial_context(self.class_prompts, node.N_CTX, self.ctx_dim, phrase)
         self.prompt_learner = MultiModalPromptLearner(ctx, node.PROMPT_DEPTH, clip_model.visual.width)
 
@@ -72,7 +69,7 @@ class MaPLeCLIP(TrainableStateDict, PromptedCLIP):
 
 
 @TRAINER_REGISTRY.register()
-class MaPLe(PromptTrainer):
+class MaPLe(WholeModelPromptTrainer):
     CFG_NODE = "MAPLE"
     MODEL_NAME = "MultiModalPromptLearner"
 
@@ -83,9 +80,6 @@ class MaPLe(PromptTrainer):
         if node.PROMPT_DEPTH < 1 or node.N_CTX < 1:
             raise ValueError(f"TRAINER.MAPLE.PROMPT_DEPTH ({node.PROMPT_DEPTH}) and N_CTX ({node.N_CTX}) must be "
                              "at least 1 (depth 1: prompts at the input only)")
-
-    def registered_module(self):
-        return self.model
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return MaPLeCLIP(cfg.TRAINER.MAPLE, classnames, clip_model)

@@ -4,13 +4,20 @@ Learned: ``image_encoder.VPT`` appended after the patches and ``VPT_shallow`` re
 1 .. J-1. The classifier is fixed: CLIP's features of "a photo of a {class}." for every dataset, computed
 once per class set. Registered as the official code registers it ("prompt_learner", the whole model).
 """
-import torch.nn.functional as F
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
 
 from .checkpoint_layout import TrainableStateDict
-from .common import PromptTrainer, TemplateTextFeatures, clip_dtype, declare_trainer_node, normalize, require_vit
+from .common import (
+    CrossEntropyTraining,
+    TemplateTextFeatures,
+    WholeModelPromptTrainer,
+    clip_dtype,
+    declare_trainer_node,
+    normalize,
+    require_vit,
+)
 from .deep_prompts import add_visual_prompts, visual_prompts
 from .templates import DEFAULT_TEMPLATE
 
@@ -19,7 +26,7 @@ def extend_cfg(cfg):
     declare_trainer_node(cfg, "VPT", N_CTX_VISION=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=1)
 
 
-class VisualPromptCLIP(TrainableStateDict, nn.Module):
+class VisualPromptCLIP(TrainableStateDict, CrossEntropyTraining, nn.Module):
     OFFICIAL_EXTRAS = ("text_encoder.",)  # the official model carries a text tower it never calls
 
     def __init__(self, node, classnames, clip_model):
@@ -40,13 +47,9 @@ class VisualPromptCLIP(TrainableStateDict, nn.Module):
         image_features = normalize(self.image_encoder(image.type(self.dtype), **visual_prompts(self.image_encoder)))
         return self.logit_scale.exp() * image_features @ self.classifier(self.classnames).t()
 
-    def training_loss(self, image, label):
-        logits = self(image)
-        return F.cross_entropy(logits, label), logits
-
 
 @TRAINER_REGISTRY.register()
-class VPT(PromptTrainer):
+class VPT(WholeModelPromptTrainer):
     CFG_NODE = "VPT"
 
     @classmethod
@@ -56,9 +59,6 @@ class VPT(PromptTrainer):
         if node.PROMPT_DEPTH_VISION < 1 or node.N_CTX_VISION < 1:
             raise ValueError(f"TRAINER.VPT.PROMPT_DEPTH_VISION ({node.PROMPT_DEPTH_VISION}) and N_CTX_VISION "
                              f"({node.N_CTX_VISION}) must be at least 1: VPT learns nothing else")
-
-    def registered_module(self):
-        return self.model
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return VisualPromptCLIP(cfg.TRAINER.VPT, classnames, clip_model)
