@@ -135,7 +135,7 @@ def load_weights_only(fpath, map_location):
     except MalformedPickle as error:
         raise MalformedCheckpoint(str(error)) from None
     except ValueError as error:  # pickletools: not a pickle at all
-        raise MalformedCheckpoint(f"it is not a pickle ({error})") from None
+        raise MalformedCheckpoint(f"it is not a checkpoint: its bytes are no pickle ({error})") from None
     with torch.serialization.safe_globals(allowed_globals()):
         checkpoint = torch.load(fpath, map_location=map_location, weights_only=True)
     if isinstance(checkpoint, dict) and checkpoint.get("scheduler") is not None:

@@ -12,7 +12,7 @@ import zipfile
 MAX_PICKLE_BYTES = 4 << 20  # a checkpoint's pickle holds names and numbers; its tensors are separate records
 MAX_DEPTH = 64  # about 10 in real checkpoints; saving recurses once per level
 LEGACY_PICKLES = 5  # torch's pre-zip format: magic number, protocol, sys info, the object, storage keys
-ALLOCATORS = {"builtins.bytearray", "__builtin__.bytearray"}  # bytearray(n) allocates n bytes
+ALLOCATORS = {"builtins.bytearray"}  # bytearray(n) allocates n bytes
 LEAVES = {"NONE", "NEWFALSE", "NEWTRUE", "BININT", "BININT1", "BININT2", "BINFLOAT", "BINUNICODE",
           "SHORT_BINSTRING", "LONG1"}
 CONTAINERS = {"EMPTY_LIST": "list", "EMPTY_DICT": "dict", "EMPTY_TUPLE": "tuple", "EMPTY_SET": "set"}
@@ -52,7 +52,7 @@ class _DryRun:
 
     def step(self, name, arg):
         if name == "GLOBAL":
-            full_name = arg.replace(" ", ".")
+            full_name = arg.replace(" ", ".").replace("__builtin__.", "builtins.")  # protocol 2's name
             if full_name in ALLOCATORS:
                 raise MalformedPickle(f"it calls {full_name}, which allocates as many bytes as the file asks")
             self.stack.append(_Node("global", full_name))
@@ -144,8 +144,9 @@ def scan_pickle(stream, pickled_classes):
                 break
             run.step(opcode.name, arg)
         root = run.stack.pop()
-    except (IndexError, KeyError) as error:
-        raise MalformedPickle(f"its pickle is malformed ({type(error).__name__} in its opcodes)") from None
+    except (IndexError, KeyError):
+        raise MalformedPickle("it is not a checkpoint: its bytes are no pickle (an opcode takes a value that is "
+                              "not there)") from None
     if depth(root) > MAX_DEPTH:
         raise MalformedPickle(f"it nests values more than {MAX_DEPTH} levels deep")
 

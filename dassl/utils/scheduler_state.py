@@ -22,7 +22,8 @@ def _fits(value, template):
     if isinstance(template, int):
         return value if isinstance(value, int) and -1 <= value < MAX_VALUE else None
     if isinstance(template, float):
-        ok = isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value < MAX_VALUE
+        ok = isinstance(value, (int, float)) and (isinstance(value, int) or math.isfinite(value))
+        ok = ok and 0 <= value < MAX_VALUE
         return float(value) if ok else None
     if isinstance(template, Counter):
         items = [(_fits(k, 0), _fits(v, 0)) for k, v in value.items()] if isinstance(value, dict) else [None]

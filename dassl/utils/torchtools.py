@@ -112,8 +112,8 @@ def load_checkpoint(fpath):
         return load_weights_only(fpath, map_location)
     except MalformedCheckpoint as error:
         raise CheckpointError(
-            f'Refusing to load "{fpath}": {error}, which no checkpoint of this project or of Dassl.pytorch '
-            "does; nothing in it was run. Use the checkpoint the training run wrote"
+            f'Refusing to load "{fpath}": {error} (no training run of this project or of Dassl.pytorch writes '
+            "such a file); nothing in it was run. Use the checkpoint the training run wrote"
         ) from None
     except pickle.UnpicklingError as error:
         raise CheckpointError(
