@@ -11,6 +11,7 @@ import zipfile
 
 MAX_PICKLE_BYTES = 4 << 20  # a checkpoint's pickle holds names and numbers; its tensors are separate records
 MAX_DEPTH = 64  # about 10 in real checkpoints; saving recurses once per level
+ZIP_MAGIC = b"PK\x03\x04"  # how torch.load tells its zip format from the legacy one (a few pickles in a row)
 LEGACY_PICKLES = 5  # torch's pre-zip format: magic number, protocol, sys info, the object, storage keys
 ALLOCATORS = {"builtins.bytearray"}  # bytearray(n) allocates n bytes
 LEAVES = {"NONE", "NEWFALSE", "NEWTRUE", "BININT", "BININT1", "BININT2", "BINFLOAT", "BINUNICODE",
@@ -153,18 +154,19 @@ def scan_pickle(stream, pickled_classes):
 
 def scan_checkpoint(path, pickled_classes):
     """Dry-run every pickle ``torch.load`` would read from ``path``, within MAX_PICKLE_BYTES each."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                if info.filename.endswith(".pkl"):
-                    if info.file_size > MAX_PICKLE_BYTES:
-                        raise MalformedPickle(f"its pickle {info.filename} is {info.file_size} bytes, more than "
-                                              f"any checkpoint's ({MAX_PICKLE_BYTES})")
-                    with archive.open(info) as stream:
-                        scan_pickle(io.BytesIO(stream.read(MAX_PICKLE_BYTES)), pickled_classes)
-        return
     with open(path, "rb") as handle:
         head = io.BytesIO(handle.read(MAX_PICKLE_BYTES))
+    if head.getvalue().startswith(ZIP_MAGIC):
+        with zipfile.ZipFile(path) as archive:  # zipfile.BadZipFile: a truncated or damaged file
+            for info in archive.infolist():
+                if not info.filename.endswith(".pkl"):
+                    continue
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size > MAX_PICKLE_BYTES:
+                    raise MalformedPickle(f"its pickle {info.filename} is compressed or larger than any "
+                                          f"checkpoint's ({info.file_size} bytes)")
+                with archive.open(info) as stream:
+                    scan_pickle(io.BytesIO(stream.read()), pickled_classes)
+        return
     for _ in range(LEGACY_PICKLES):
         if head.tell() == len(head.getbuffer()):
             return

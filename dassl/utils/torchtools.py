@@ -9,6 +9,7 @@ import os.path as osp
 import pickle
 import random
 import shutil
+import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -121,7 +122,7 @@ def load_checkpoint(fpath):
             "this project or of Dassl.pytorch contains; nothing in it was run. Use the checkpoint the "
             "training run wrote, or re-save the weights as a plain state dict of tensors"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise CheckpointError(f'Checkpoint "{fpath}" is truncated or corrupt: {error}') from error
 
 
