@@ -9,7 +9,7 @@ import io
 import pickletools
 import zipfile
 
-MAX_PICKLE_BYTES = 4 << 20  # a checkpoint's pickle holds names and numbers; its tensors are separate records
+MAX_PICKLE_BYTES = 1 << 20  # ~150 bytes a tensor (its tensors are separate records): 7000 tensors
 MAX_DEPTH = 64  # about 10 in real checkpoints; saving recurses once per level
 ZIP_MAGIC = b"PK\x03\x04"  # how torch.load tells its zip format from the legacy one (a few pickles in a row)
 LEGACY_PICKLES = 5  # torch's pre-zip format: magic number, protocol, sys info, the object, storage keys
@@ -25,6 +25,9 @@ class MalformedPickle(ValueError):
 
 
 class _Node:
+    """A placeholder: what built it, and the nodes it holds (at most one per opcode, so its memory is
+    bounded by the pickle's size; all plain values share one leaf)."""
+
     __slots__ = ("kind", "name", "items", "built")
 
     def __init__(self, kind, name="", items=()):
@@ -32,6 +35,9 @@ class _Node:
 
     def describe(self):
         return f"a {self.kind} {self.name}".rstrip()
+
+
+LEAF = _Node("value")
 
 
 class _DryRun:
@@ -45,10 +51,11 @@ class _DryRun:
         items, self.stack = self.stack, self.metastack.pop()
         return items
 
-    def target(self, what, kinds):
+    def target(self, kind):
+        """The list (APPEND) or dict (SETITEM) under the items; a dict may be one an allowed call made."""
         node = self.stack[-1]
-        if node.kind not in kinds and not (node.kind == "call" and node.name in MAPPING_CALLS):
-            raise MalformedPickle(f"it {what} {node.describe()}")
+        if node.kind != kind and not (kind == "dict" and node.kind == "call" and node.name in MAPPING_CALLS):
+            raise MalformedPickle(f"it adds items to {node.describe()}")
         return node
 
     def step(self, name, arg):
@@ -60,7 +67,7 @@ class _DryRun:
         elif name in LEAVES or name == "BINPERSID":
             if name == "BINPERSID":
                 self.stack.pop()
-            self.stack.append(_Node("value"))
+            self.stack.append(LEAF)
         elif name in CONTAINERS:
             self.stack.append(_Node(CONTAINERS[name]))
         elif name == "MARK":
@@ -82,10 +89,10 @@ class _DryRun:
             self.build()
         elif name in ("APPEND", "SETITEM"):
             items = [self.stack.pop() for _ in range(1 if name == "APPEND" else 2)]
-            self.target("adds items to", {"list"} if name == "APPEND" else {"dict"}).items.extend(items)
+            self.target("list" if name == "APPEND" else "dict").items.extend(items)
         elif name in ("APPENDS", "SETITEMS"):
             items = self.pop_mark()
-            self.target("adds items to", {"list"} if name == "APPENDS" else {"dict"}).items.extend(items)
+            self.target("list" if name == "APPENDS" else "dict").items.extend(items)
         elif name in ("BINGET", "LONG_BINGET"):
             self.stack.append(self.memo[arg])
         elif name in ("BINPUT", "LONG_BINPUT"):
