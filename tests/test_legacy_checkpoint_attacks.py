@@ -144,12 +144,17 @@ def warmup_scheduler(warmup_epoch=1):
     return optimizer, build_lr_scheduler(optimizer, optim_cfg)
 
 
-def test_a_dict_stored_under_the_successors_step_never_replaces_its_method(tmp_path):
-    """Dassl.pytorch's pickled successor holding ``step`` = defaultdict: the schedule still advances, and
-    the state saved next is plain data that loads again."""
+@pytest.mark.parametrize("successor", ["dassl-pickled-object", "plain-state-dict"])
+def test_a_dict_stored_under_the_successors_step_never_replaces_its_method(tmp_path, successor):
+    """The successor (Dassl.pytorch's pickled object, or this project's state dict) holding ``step`` =
+    defaultdict: the schedule still advances, and the state saved next is plain data that loads again."""
     path = write_dassl_pytorch_checkpoint(tmp_path / "model.pth.tar-1", {"ctx": torch.zeros(4, 64)}, epoch=1)
     raw = torch.load(path, weights_only=False)
-    raw["scheduler"]["successor"].step = defaultdict(dict)
+    if successor == "plain-state-dict":
+        raw["scheduler"]["successor"] = LRScheduler.state_dict(raw["scheduler"]["successor"])
+        raw["scheduler"]["successor"]["step"] = defaultdict(dict)
+    else:
+        raw["scheduler"]["successor"].step = defaultdict(dict)
     torch.save(raw, path)
     optimizer, scheduler = warmup_scheduler()
     load_optimizer_and_scheduler(load_checkpoint(str(path)), str(path), optimizer, scheduler)

@@ -60,7 +60,8 @@ INERT_CLASSES = {path: _inert_class(path) for path in PICKLED_CLASSES}
 
 
 def _plain_dict(default_factory=None):
-    """An optimizer's ``state`` is a ``defaultdict``; as data a plain dict holds the same entries."""
+    """``collections.defaultdict`` (an optimizer's ``state``) and its ``dict`` factory: as data a plain
+    dict holds the same entries, and neither real class is ever called."""
     return {}
 
 
