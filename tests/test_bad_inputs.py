@@ -15,6 +15,7 @@ from typing import Tuple
 import PIL.Image
 import pytest
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.tensorboard import SummaryWriter
 
 import train
@@ -597,6 +598,24 @@ def test_a_dict_under_the_dassl_successors_step_leaves_the_schedule_running(worl
     written = check_checkpoint(load_checkpoint(str(folder / "model.pth.tar-2")), "written")
     assert written["scheduler"]["successor"]["last_epoch"] == 1 and "step" not in written["scheduler"]["successor"]
     assert outside(tmp_path, tmp_path / "run") == before
+
+
+def test_a_dassl_run_without_warmup_resumed_by_a_recipe_with_one_is_one_line(world, finished, untouched, tmp_path,
+                                                                             capsys):
+    """Dassl.pytorch's plain cosine scheduler state (no successor) under MuPL's warm-up recipe: exit 1, the
+    line naming the file and the fix, the checkpoint as it was."""
+    folder = tmp_path / "run" / "prompt_learner"
+    ours = load_checkpoint(str(finished[0] / "prompt_learner" / "model.pth.tar-1"))
+    path = write_dassl_pytorch_checkpoint(folder / "model.pth.tar-1", ours["state_dict"], epoch=1)
+    raw = torch.load(path, weights_only=False)  # the test's own file
+    raw["scheduler"] = LRScheduler.state_dict(raw["scheduler"]["successor"])
+    torch.save(raw, path)
+    before = snapshot(folder)
+    code, _, err = run_main(capsys, *args_for(world, tmp_path / "run"), "OPTIM.MAX_EPOCH", 2)
+    assert code == 1
+    assert_one_line(err, f'"{path}": its LR schedule lacks a warm-up and this run\'s has one',
+                    "OPTIM.WARMUP_EPOCH", out=tmp_path / "run")
+    assert snapshot(folder) == before
 
 
 @pytest.mark.parametrize("weights, fragments", [
