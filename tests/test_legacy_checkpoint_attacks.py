@@ -92,8 +92,8 @@ def redirected_setstate(target):
                                                        "arguments"),
     (in_scheduler, opcode_global("collections.defaultdict") + NONE + NONE + TUPLE2 + REDUCE,
      "calls collections.defaultdict with 2 arguments"),
-    (in_scheduler, STEP_LR + EMPTY_TUPLE + NEWOBJ + NONE + BUILD, "sets the attributes of its pickled "
-                                                                  "torch.optim.lr_scheduler.StepLR twice or from a value"),
+    (in_scheduler, STEP_LR + EMPTY_TUPLE + NEWOBJ + NONE + BUILD,
+     "sets the attributes of its pickled torch.optim.lr_scheduler.StepLR twice or from a value"),
     (in_scheduler, EMPTY_DICT + EMPTY_DICT + BUILD, "sets attributes of a dict"),
     (in_successor_state, redirected_setstate("collections.Counter"), "sets the attributes of its pickled "
                                                                      "torch.optim.lr_scheduler.StepLR twice"),
@@ -107,8 +107,8 @@ def redirected_setstate(target):
     (as_optimizer, opcode_global("torch.optim.sgd.SGD") + EMPTY_TUPLE + NEWOBJ + EMPTY_DICT + BUILD,
      "holds a pickled torch.optim.sgd.SGD as checkpoint['optimizer'], where Dassl.pytorch writes none"),
 ], ids=["reduce-with-arguments", "newobj-with-arguments", "defaultdict-two-arguments", "build-none",
-        "build-on-a-dict", "setstate-redirect", "setstate-redirect-to-bytearray", "bytearray-2**45", "nesting-3000-deep",
-        "steplr-inside-the-scheduler-state", "optimizer-is-a-pickled-object"])
+        "build-on-a-dict", "setstate-redirect", "setstate-redirect-to-bytearray", "bytearray-2**45",
+        "nesting-3000-deep", "steplr-inside-the-scheduler-state", "optimizer-is-a-pickled-object"])
 def test_a_malformed_pickle_is_one_line_and_leaves_the_folder_as_it_was(tmp_path, place, opcodes, fragment):
     path = spliced_checkpoint(tmp_path, place, opcodes)
     before = snapshot(tmp_path)

@@ -75,8 +75,9 @@ class PromptSRC(IVLP):
         node = cfg.TRAINER.PROMPTSRC
         for key in ("TEXT_LOSS_WEIGHT", "IMAGE_LOSS_WEIGHT"):
             if not (finite(node[key]) and node[key] >= 0):
-                raise ValueError(f"TRAINER.PROMPTSRC.{key} is {reprlib.repr(node[key])}; the weight of a regularising loss "
-                                 "must be a finite number >= 0 (the official recipe: text 25, image 10)")
+                raise ValueError(f"TRAINER.PROMPTSRC.{key} is {reprlib.repr(node[key])}; the weight of a "
+                                 "regularising loss must be a finite number >= 0 (the official recipe: text 25, "
+                                 "image 10)")
         if not (finite(node.GPA_STD) and node.GPA_STD > 0):
             raise ValueError(f"TRAINER.PROMPTSRC.GPA_STD is {node.GPA_STD}; use a positive standard deviation")
         if cfg.OPTIM.MAX_EPOCH >= 1:  # the Gaussian must put weight on the epochs trained

@@ -133,7 +133,7 @@ def check_checkpoint(checkpoint, fpath):
         raise CheckpointError(f'"{fpath}" is not a checkpoint: it holds no state_dict of tensors')
     epoch = checkpoint.get("epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-        raise CheckpointError(f'"{fpath}" is not a complete checkpoint: its epoch is missing')
+        raise CheckpointError(f'"{fpath}" is not a complete checkpoint: its epoch is missing (or not a count)')
     val_result = checkpoint.get("val_result")
     if val_result is not None and (isinstance(val_result, bool) or not isinstance(val_result, (int, float))):
         raise CheckpointError(f'"{fpath}" is not a checkpoint of a training run: its val_result is a '
@@ -148,8 +148,9 @@ def load_optimizer_and_scheduler(checkpoint, fpath, optimizer, scheduler):
         try:
             optimizer.load_state_dict(checkpoint["optimizer"])
         except (ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f'"{fpath}": its optimizer state does not fit this run\'s optimizer '
-                                  f"({' '.join(str(error).split())}); use the checkpoint the training run wrote") from None
+            reason = " ".join(str(error).split())
+            raise CheckpointError(f'"{fpath}": its optimizer state does not fit this run\'s optimizer ({reason}); '
+                                  "use the checkpoint the training run wrote") from None
     if scheduler is not None and checkpoint.get("scheduler") is not None:
         try:
             scheduler.load_state_dict(checked_state(checkpoint["scheduler"], scheduler.state_dict()))
