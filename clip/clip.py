@@ -10,7 +10,7 @@ import torch
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
 
 from .download import DownloadError, download_file, sha256_of
-from .model import build_model
+from .model import build_model, missing_keys
 from .simple_tokenizer import END, START, get_tokenizer
 
 __all__ = ["available_models", "input_resolution", "load", "load_state_dict_from", "tokenize",
@@ -32,6 +32,7 @@ _MODELS = {
 _INPUT_RESOLUTIONS = {"RN50": 224, "RN101": 224, "RN50x4": 288, "RN50x16": 384, "RN50x64": 448, "ViT-B/32": 224,
                       "ViT-B/16": 224, "ViT-L/14": 224, "ViT-L/14@336px": 336}
 CACHE_ENV = "CLIP_CACHE_DIR"
+MAX_KEYS_SHOWN = 8  # of the keys a weights file lacks, named in the message
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -139,8 +140,13 @@ def _read_weights(path, verified=False):
         raise CLIPWeightsError(f"Cannot read CLIP weights from {path}: {error}") from error
     if isinstance(loaded, dict) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or "text_projection" not in loaded:
-        raise CLIPWeightsError(f"{path} does not hold a CLIP state dict (no 'text_projection')")
+    if not isinstance(loaded, dict):
+        raise CLIPWeightsError(f"{path} does not hold a CLIP state dict (it holds a {type(loaded).__name__})")
+    missing = missing_keys(loaded)
+    if missing:
+        shown = ", ".join(missing[:MAX_KEYS_SHOWN]) + (", ..." if len(missing) > MAX_KEYS_SHOWN else "")
+        raise CLIPWeightsError(f"{path} is not a complete CLIP state dict: it lacks {len(missing)} of CLIP's keys "
+                               f"({shown}); download the weights again, or pass the file they were saved to")
     return loaded
 
 

@@ -461,6 +461,23 @@ def architecture_from_state_dict(state_dict):
     )
 
 
+def missing_keys(state_dict):
+    """The names a CLIP of this state dict's layout needs and it lacks (the shape-giving ones first, as
+    the architecture is known only from them), sorted."""
+    layout = (["visual.conv1.weight", "visual.positional_embedding"] if "visual.proj" in state_dict
+              else ["visual.layer1.0.conv1.weight", "visual.attnpool.positional_embedding"])
+    needed = layout + ["text_projection", "ln_final.weight", "positional_embedding", "token_embedding.weight"]
+    missing = [key for key in needed if key not in state_dict]
+    if missing:
+        return sorted(missing)
+    # The names depend on the layer counts alone: a twin of the same depth, a few units wide, has them all.
+    vit = "visual.proj" in state_dict
+    twin = dict(architecture_from_state_dict(state_dict), embed_dim=8, context_length=2, vocab_size=2,
+                transformer_width=64, transformer_heads=1, vision_width=64 if vit else 8,
+                vision_patch_size=1 if vit else None, image_resolution=1 if vit else 32)
+    return sorted(set(CLIP(**twin).state_dict()) - set(state_dict))
+
+
 def build_model(state_dict):
     """An fp16 CLIP in eval mode from an OpenAI-layout state dict (strict: every name must match)."""
     state_dict = {k: v for k, v in state_dict.items()
