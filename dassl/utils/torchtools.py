@@ -151,11 +151,13 @@ def load_optimizer_and_scheduler(checkpoint, fpath, optimizer, scheduler):
             reason = " ".join(str(error).split())
             raise CheckpointError(f'"{fpath}": its optimizer state does not fit this run\'s optimizer ({reason}); '
                                   "use the checkpoint the training run wrote") from None
+        print("Loaded optimizer")
     if scheduler is not None and checkpoint.get("scheduler") is not None:
         try:
             scheduler.load_state_dict(checked_state(checkpoint["scheduler"], scheduler.state_dict()))
         except SchedulerMismatch as error:
             raise CheckpointError(f'"{fpath}": {error}') from None
+        print("Loaded scheduler")
 
 
 def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
