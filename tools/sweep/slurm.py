@@ -7,8 +7,10 @@ Every submitted job is recorded in <log dir>/slurm_jobs.json as Slurm accepts it
 same command again follows the jobs still in the queue instead of submitting them twice. Ctrl-C stops
 following; the jobs stay queued.
 """
+import contextlib
 import getpass
 import glob
+import io
 import os
 import os.path as osp
 import subprocess
@@ -120,8 +122,8 @@ class SlurmQueue:
             executor.update_parameters(dependency="afterok:" + ":".join(needs) if needs else None,
                                        **executor_parameters(self.options, array_name([self.jobs[i] for i in members]),
                                                              minutes))
-            try:
-                with executor.batch():
+            try:   # submitit prints a failing sbatch's stderr too: the error below says it once
+                with contextlib.redirect_stderr(io.StringIO()), executor.batch():
                     handles = [executor.submit(self._call(self.jobs[index])) for index in members]
             except (submitit.core.utils.FailedJobError, OSError) as error:
                 self._remove_unsubmitted()
@@ -141,7 +143,8 @@ class SlurmQueue:
         sweep lock no other sweep submits from this folder)."""
         folder = osp.dirname(self.slurm_folder)
         for path in glob.glob(osp.join(folder, "*.pkl")) + glob.glob(osp.join(folder, ".submission_file_*")):
-            os.remove(path)
+            if not osp.islink(path):     # a link: the submission file of an accepted job, moved to its folder
+                os.remove(path)
 
     # --- following -------------------------------------------------------------------------------
     def follow(self):
