@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -169,22 +170,27 @@ def test_submissions_are_checked_first_recorded_as_accepted_and_named_after_thei
     assert f"queued    base2new/test_new/dtd/shots_2/CoCoOp/{CFG}/seed1  (Slurm job " in out
     assert out.count(": PENDING, JobHeldUser)") == 4
     code, out, _ = sweep_here(monkeypatch, capsys, env, ["cancel", *sweep_args(world)])
-    assert code == 0 and f"Cancelled 4 jobs of this sweep: " in out
+    assert code == 0 and "Cancelled 4 jobs of this sweep: " in out
     assert {state for _, state in submitted_from(env, log_dir).values()} == {"CANCELLED"}
 
 
-def test_two_sweeps_at_once_on_one_output_folder_submit_each_job_once(slurm_conf, world, tmp_path, cancel_afterwards):
+def test_two_sweeps_at_once_on_one_output_folder_submit_each_job_once(
+        slurm_conf, world, tmp_path, monkeypatch, capsys, cancel_afterwards):
     output = tmp_path / "output"
-    env = environment(slurm_conf, world, output)
-    command = [sys.executable, "-m", "tools.sweep", *sweep_args(world, *CPU_JOBS, "--no-wait", "--sbatch", "hold")]
-    sweeps = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-              for _ in range(2)]
-    outs = [sweep.communicate(timeout=120)[0] for sweep in sweeps]
-    assert [sweep.returncode for sweep in sweeps] == [0, 0], outs
-    assert sorted(out.count("Submitted 4 jobs") for out in outs) == [0, 1], outs
-    assert any("Submitted 0 jobs to Slurm, 4 were queued already" in out for out in outs), outs
-    jobs = submitted_from(env, output / "sweep")
-    assert len(jobs) == 4, jobs
+    for key, value in environment(slurm_conf, world, output).items():
+        monkeypatch.setenv(key, value)
+    args = sweep_args(world, *CPU_JOBS, "--no-wait", "--sbatch", "hold")
+    codes = []
+    sweeps = [threading.Thread(target=lambda: codes.append(cli.main(args))) for _ in range(2)]   # two "terminals"
+    for sweep in sweeps:
+        sweep.start()
+    for sweep in sweeps:
+        sweep.join(timeout=120)
+    out, err = capsys.readouterr()
+    assert codes == [0, 0], out + err
+    assert out.count("Submitted 4 jobs to Slurm (ledger") == 1, out
+    assert out.count("Submitted 0 jobs to Slurm, 4 were queued already") == 1, out
+    assert len(submitted_from(environment(slurm_conf, world, output), output / "sweep")) == 4
 
 
 def test_slurm_follows_its_own_running_job_requeues_a_stopped_one_and_never_fails_a_finished_run(

@@ -11,6 +11,7 @@ Environment, as the scripts read it: DATA (default ./data), OUTPUT (default ./ou
 Trailing KEY VALUE options (config keys such as OPTIM.MAX_EPOCH) go to every job's script.
 """
 import argparse
+import math
 import os
 import os.path as osp
 import re
@@ -189,6 +190,15 @@ def print_results(args, jobs, settings):
 
 def check_slurm(args, jobs, settings):
     """Everything a Slurm job will need, before anything is submitted; what the partition offers."""
+    everywhere, per_dataset = args.times
+    unknown = sorted(set(per_dataset) - {job.dataset for job in jobs})
+    if unknown:
+        raise SweepError(f"--time {unknown[0]}={per_dataset[unknown[0]]}: no job of this sweep is on {unknown[0]} "
+                         f"(its datasets: {' '.join(sorted({job.dataset for job in jobs}))})")
+    shortest = min([everywhere or math.inf, *per_dataset.values()])
+    if shortest * 60 <= args.signal_delay:
+        raise SweepError(f"--time {shortest}: not longer than --signal-delay {args.signal_delay} s, the time a "
+                         "job is stopped before its limit; give more minutes or a shorter --signal-delay")
     check_data(jobs, settings.env["DATA"])
     check_weights(jobs)
     offer = partition_offer(args.partition)

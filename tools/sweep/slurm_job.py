@@ -67,6 +67,8 @@ class ScriptJob(submitit.helpers.Checkpointable):
     def _succeed(self):
         """End the job now as submitit ends a successful one (its result file, exit code 0), from within
         submitit's signal handler, which would otherwise requeue it or fail it as timed out."""
+        with open(self.log_path, "a") as log:
+            log.write("=== the run is finished: the signal that came after it ends the job as a success\n")
         result = submitit.JobEnvironment().paths.result_pickle
         submitit.core.utils.cloudpickle_dump(("success", "finished"), result)
         raise SystemExit(0)
