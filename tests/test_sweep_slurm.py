@@ -173,6 +173,24 @@ def test_submissions_are_checked_first_recorded_as_accepted_and_named_after_thei
     assert code == 0 and "Cancelled 4 jobs of this sweep: " in out
     assert {state for _, state in submitted_from(env, log_dir).values()} == {"CANCELLED"}
 
+    # --max-running 1: one chain, each job after the one before it (afterany), tests after their training
+    output = tmp_path / "chained"
+    env = environment(slurm_conf, world, output)
+    code, out, err = sweep_here(monkeypatch, capsys, env, sweep_args(world, *CPU_JOBS, "--no-wait", "--sbatch", "hold",
+                                                                     "--max-running", "1"))
+    assert code == 0 and "Submitted 4 jobs" in out, out + err
+    ledger = json.loads((output / "sweep" / "slurm_jobs.json").read_text())
+    train, dtd_train, test, dtd_test = (ledger[str(run_dir(output, split, dataset))] for split, dataset in (
+        ("train_base", "oxford_pets"), ("train_base", "dtd"), ("test_new", "oxford_pets"), ("test_new", "dtd")))
+    dependencies = {job_id: [line for line in (output / "sweep" / "slurm" / job_id / f"{job_id}_submission.sh")
+                             .read_text().splitlines() if "--dependency" in line]
+                    for job_id in (train, dtd_train, test, dtd_test)}
+    assert dependencies == {train: [], dtd_train: [f"#SBATCH --dependency=afterany:{train}"],
+                            test: [f"#SBATCH --dependency=afterok:{train},afterany:{dtd_train}"],
+                            dtd_test: [f"#SBATCH --dependency=afterok:{dtd_train},afterany:{test}"]}
+    code, out, _ = sweep_here(monkeypatch, capsys, env, ["cancel", *sweep_args(world)])
+    assert "Cancelled 4 jobs of this sweep" in out
+
 
 def test_two_sweeps_at_once_on_one_output_folder_submit_each_job_once(
         slurm_conf, world, tmp_path, monkeypatch, capsys, cancel_afterwards):

@@ -90,6 +90,9 @@ def build_parser():
     slurm.add_argument("--cpus-per-job", type=whole(1), default=8)
     slurm.add_argument("--mem-gb", type=float)
     slurm.add_argument("--array-parallelism", type=whole(1), default=16, help="running tasks per job array")
+    slurm.add_argument("--max-running", type=whole(1),
+                       help="running jobs for the whole submission: the jobs go into this many chains, one after "
+                            "another in each (no arrays)")
     slurm.add_argument("--max-requeues", type=whole(0), default=3,
                        help="requeues after a timeout (preemption: no limit)")
     slurm.add_argument("--signal-delay", type=whole(0), default=120,

@@ -89,8 +89,9 @@ class SlurmQueue:
     # --- submission ------------------------------------------------------------------------------
     def arrays(self):
         """([(dependency indices, minutes, job indices)], left out): the submissions, in dependency order.
-        Jobs that need the same jobs and get the same time limit share an array; a job that needs a run
-        held by another process is left out (the next sweep submits it)."""
+        Jobs that need the same jobs and get the same time limit share an array (with --max-running,
+        each job is a submission of its own, for its chain); a job that needs a run held by another
+        process is left out (the next sweep submits it)."""
         placed = set(self.ids)
         remaining = [index for index, job in enumerate(self.jobs) if job.state in TO_RUN and index not in placed]
         arrays = []
@@ -101,8 +102,9 @@ class SlurmQueue:
             groups = {}
             for index in ready:
                 job = self.jobs[index]
-                groups.setdefault((tuple(job.deps), time_limit(job, self.estimator, self.options)), []).append(index)
-            arrays += [(deps, minutes, members) for (deps, minutes), members in groups.items()]
+                key = (tuple(job.deps), time_limit(job, self.estimator, self.options))
+                groups.setdefault(key + ((index,) if self.options.max_running else ()), []).append(index)
+            arrays += [(key[0], key[1], members) for key, members in groups.items()]
             placed.update(ready)
             remaining = [index for index in remaining if index not in placed]
         return arrays, remaining
@@ -113,13 +115,18 @@ class SlurmQueue:
 
     def submit(self):
         """Submit every job to run, each array recorded in the ledger as soon as Slurm accepts it; returns
-        {run name: job id} of the jobs this call submitted. SweepError when an sbatch fails."""
+        {run name: job id} of the jobs this call submitted. SweepError when an sbatch fails.
+        --max-running N: the jobs go into N chains, each job also waiting (afterany) for the one before
+        it in its chain, so that at most N of them run at once."""
         executor = submitit.SlurmExecutor(folder=self.slurm_folder, max_num_timeout=self.options.max_requeues)
         arrays, left_out = self.arrays()
         submitted = {}
-        for deps, minutes, members in arrays:
-            needs = [self.ids[dep] for dep in deps]
-            executor.update_parameters(dependency="afterok:" + ":".join(needs) if needs else None,
+        chains = [None] * (self.options.max_running or 0)
+        for number, (deps, minutes, members) in enumerate(arrays):
+            needs = ["afterok:" + ":".join(self.ids[dep] for dep in deps)] if deps else []
+            if chains and chains[number % len(chains)]:
+                needs.append(f"afterany:{chains[number % len(chains)]}")
+            executor.update_parameters(dependency=",".join(needs) or None,
                                        **executor_parameters(self.options, array_name([self.jobs[i] for i in members]),
                                                              minutes))
             try:   # submitit prints a failing sbatch's stderr too: the error below says it once
@@ -134,6 +141,8 @@ class SlurmQueue:
             for index, handle in zip(members, handles):
                 self.ids[index] = submitted[self.jobs[index].name] = ids[self.jobs[index].run_dir] = handle.job_id
             self.ledger.record(ids)
+            if chains:
+                chains[number % len(chains)] = handles[0].job_id
         for index in left_out:
             self.states[index], self.details[index] = HELD_ELSEWHERE, "needs a run held by another process"
         return submitted

@@ -21,12 +21,14 @@ def print_arrays(queue, offer):
                                                   ("account", options.account)) if value]
     arrays, _ = queue.arrays()
     print(f"Slurm submissions ({len(arrays)}), each job asking for {', '.join(asks)}:")
-    for deps, minutes, members in arrays:
+    chains = options.max_running
+    for number, (deps, minutes, members) in enumerate(arrays):
         jobs = [queue.jobs[index] for index in members]
         estimates = [queue.estimator.seconds(job)[0] for job in jobs]
         longest = "unknown" if None in estimates else clock(max(estimates))
         kind = f"array of {len(jobs)}" if len(jobs) > 1 else "job"
         after = f", after {', '.join(queue.jobs[dep].name for dep in deps)}" if deps else ""
+        after += f", in chain {number % chains + 1} of {chains}" if chains else ""
         print(f"  {kind} {array_name(jobs)}: time limit {minutes} min, longest estimate {longest}{after}")
 
 
