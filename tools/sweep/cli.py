@@ -111,15 +111,13 @@ def parse(argv):
     args = parser.parse_args(argv[:start])
     args.action, args.opts = action, argv[start:]
     if action != "run":
-        if args.launcher == "local" and "--launcher" in argv[:start]:
+        if args.launcher == "local" and any(token.startswith("--launcher") for token in argv[:start]):
             parser.error(f"{action} is for the Slurm launcher's jobs (the local launcher's end with the sweep)")
         args.launcher = "slurm"
     if len(args.opts) % 2:
         parser.error(f"config options come in KEY VALUE pairs, got: {' '.join(args.opts)}")
     if args.launcher == "slurm" and (args.gpus or args.slots):
         parser.error("--gpus and --slots are for --launcher local; Slurm jobs ask for --gpus-per-job")
-    if args.slots is not None and args.slots < 1:
-        parser.error("--slots must be at least 1")
     args.gpus = [gpu for gpu in (args.gpus or "").split(",") if gpu]
     bad = [gpu for gpu in args.gpus if not GPU_ID.match(gpu)]
     if bad or len(set(args.gpus)) < len(args.gpus):

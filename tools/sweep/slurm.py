@@ -36,8 +36,12 @@ ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONF
 
 def squeue():
     """{job id: (state, reason, nodes)} of this user's jobs that Slurm still lists, array tasks one by one."""
-    result = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%r|%N"],
-                            capture_output=True, text=True, check=True)
+    try:
+        result = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%r|%N"],
+                                capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise SweepError(f"squeue, which tells what is queued, fails: {getattr(error, 'stderr', '') or error}"
+                         .strip()) from None
     rows = (line.split("|", 3) for line in result.stdout.splitlines() if line.count("|") == 3)
     return {job_id: (state, reason, nodes) for job_id, state, reason, nodes in rows}
 
