@@ -303,6 +303,10 @@ def test_a_slurm_dry_run_shows_each_submission_its_time_limit_and_the_cost_per_t
                                    "caltech101", "--time", "caltech101=90", *opts)
     assert code == 2 and "DATA=" in err and "lacks what the sweep needs: caltech101 (caltech-101/)" in err, out + err
     (data / "caltech-101").mkdir()
+    monkeypatch.setenv("CLIP_CACHE_DIR", str(tmp_path / "empty_cache"))
+    code, out, err = slurm_dry_run(monkeypatch, capsys, root, data, tmp_path / "output", "--datasets", "oxford_pets",
+                                   *opts, "MODEL.BACKBONE.NAME", "ViT-B/16")
+    assert code == 2 and f"CLIP weights ViT-B/16 are not in the cache ({tmp_path}/empty_cache/ViT-B-16.pt)" in err
     code, out, err = slurm_dry_run(monkeypatch, capsys, root, data, tmp_path / "output", "--datasets", "oxford_pets",
                                    "caltech101", "--time", "caltech101=90", *opts)
     assert code == 0, out + err

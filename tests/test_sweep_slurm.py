@@ -141,7 +141,8 @@ def test_submissions_are_checked_first_recorded_as_accepted_and_named_after_thei
     (bin_dir / "sbatch").write_text(FAILING_SBATCH.format(count=tmp_path / "calls", sbatch=shutil.which("sbatch")))
     (bin_dir / "sbatch").chmod(0o755)
     held = sweep_args(world, *CPU_JOBS, "--no-wait", "--sbatch", "hold", "--qos", "normal", "--sbatch",
-                      "comment=mupl-test", "--setup", "export SWEEP_SETUP=1")
+                      "comment=mupl-test", "--setup", "export SWEEP_SETUP=1", "--mail-type", "END,FAIL",
+                      "--mail-user", "me@example.org")
     failing = dict(env, PATH=f"{bin_dir}:{os.environ['PATH']}")
     code, out, err = sweep_here(monkeypatch, capsys, failing, held)
     assert code == 2 and err.count("\n") == 1, out + err
@@ -162,7 +163,8 @@ def test_submissions_are_checked_first_recorded_as_accepted_and_named_after_thei
     test_id, train_id = ledger[str(run_dir(output, "test_new"))], ledger[str(run_dir(output, "train_base"))]
     batch = (log_dir / "slurm" / test_id / f"{test_id}_submission.sh").read_text()
     for line in (f"#SBATCH --dependency=afterok:{train_id}\n", "#SBATCH --qos=normal\n",
-                 "#SBATCH --comment=mupl-test\n", "#SBATCH --hold\n", "\nexport SWEEP_SETUP=1\n"):
+                 "#SBATCH --comment=mupl-test\n", "#SBATCH --hold\n", "\nexport SWEEP_SETUP=1\n",
+                 "#SBATCH --mail-type=END,FAIL\n", "#SBATCH --mail-user=me@example.org\n"):
         assert line in batch
 
     code, out, _ = sweep_here(monkeypatch, capsys, env, ["status", *held])
