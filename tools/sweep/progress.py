@@ -2,6 +2,7 @@
 terminal, a line per event otherwise (logs, CI); and at the end what failed, with its command and the
 tail of its log."""
 import datetime
+import os
 import sys
 import time
 
@@ -90,7 +91,8 @@ def summary(jobs, states, details, settings, stream=None):
             if state == FAILED:
                 print(f"  command: {job.display(settings)}", file=stream)
                 log_path = settings.log_file(job)
-                print(f"  log: {log_path}", file=stream)
+                print(f"  log: {log_path}" if os.path.isfile(log_path) else "  log: none (the job never ran)",
+                      file=stream)
                 for line in tail(log_path):
                     print(f"  | {line}", file=stream)
     return counts

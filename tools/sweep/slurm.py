@@ -199,7 +199,8 @@ class SlurmQueue:
             progress.event(f"finished {job.name} (Slurm job {job_id})", count(self.states))
             return
         error = self._error(job_id)
-        slurm_state = listed[0] if listed else "gone from the queue"
+        slurm_state = listed[0] + (f" ({listed[1]})" if listed[1] not in ("", "None") else "") if listed else \
+            "gone from the queue"
         if RunFolderHeld.__name__ in error:
             self.states[index], self.details[index] = HELD_ELSEWHERE, "held by another process"
         elif any(self.states.get(dep) in (FAILED, BLOCKED) for dep in job.deps):
