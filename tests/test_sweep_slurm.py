@@ -275,7 +275,8 @@ def test_slurm_follows_its_own_running_job_requeues_a_stopped_one_and_never_fail
     dtd_job = slurm(env, "scontrol", "show", "job", dtd_id)
     assert "JobState=FAILED" in dtd_job and "Restarts=0 " in dtd_job
     failed = out.split("\nFailed:\n")[1]
-    assert f"- {dtd_train}: Slurm job {dtd_id} FAILED (NonZeroExitCode): tools.sweep.slurm_job.JobFailed: exit code 1" in failed
+    assert (f"- {dtd_train}: Slurm job {dtd_id} FAILED (NonZeroExitCode): tools.sweep.slurm_job.JobFailed: "
+            "exit code 1") in failed
     assert "bash scripts/base2new_train.sh dtd 1 CoCoOp" in failed and "split_zhou_DescribableTextures.json" in failed
     assert f"- base2new/test_new/dtd/shots_2/CoCoOp/{CFG}/seed1" in out.split("Not run: a job they need failed:")[1]
     assert "== Sweep: 2 finished, 1 failed, 1 not run" in out

@@ -39,7 +39,8 @@ def parse_times(values):
     for value in values or ():
         dataset, _, minutes = value.rpartition("=")
         if not minutes.isdigit() or int(minutes) < 1 or (dataset == "" and "=" in value):
-            raise SweepError(f"--time {value}: give minutes (240) or DATASET=MINUTES (imagenet=720), whole and positive")
+            raise SweepError(f"--time {value}: give minutes (240) or DATASET=MINUTES (imagenet=720), whole and "
+                             "positive")
         if dataset:
             per_dataset[dataset] = int(minutes)
         else:
