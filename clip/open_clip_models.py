@@ -81,11 +81,8 @@ def open_clip_spec(name, cache_dir=None):
     open_clip = import_open_clip(name)
     root = osp.join(cache_dir or default_cache_dir(), "open_clip")
     if name.startswith(HF_HUB):
-        spec = _hub_repo_spec(open_clip, name, root)
-    else:
-        spec = _arch_spec(open_clip, name, root)
-    check_clip_architecture(spec.model_cfg, name)
-    return spec
+        return _hub_repo_spec(open_clip, name, root)
+    return _arch_spec(open_clip, name, root)
 
 
 def _preprocessing(open_clip, overrides):
@@ -110,6 +107,7 @@ def _arch_spec(open_clip, name, root):
         raise OpenCLIPError(f"MODEL.BACKBONE.NAME {name} is neither a file, one of OpenAI's models "
                             f"({', '.join(_MODELS)}), nor an open_clip model: open_clip has no architecture "
                             f"{arch!r} (open_clip.list_models())")
+    check_clip_architecture(model_cfg, name)
     folder = osp.join(root, arch, rest.replace("/", "_"))
     if osp.isfile(rest):
         mean, std = _preprocessing(open_clip, {})
@@ -142,6 +140,7 @@ def _hub_repo_spec(open_clip, name, root):
     model_cfg = config.get("model_cfg")
     if not isinstance(model_cfg, dict):
         raise OpenCLIPError(f"{path} has no 'model_cfg': {name} is not an open_clip model repository")
+    check_clip_architecture(model_cfg, name)
     mean, std = _preprocessing(open_clip, config.get("preprocess_cfg", {}))
     return OpenCLIPSpec(name, model_cfg, bool(model_cfg.get("quick_gelu")), _image_size(model_cfg, name), mean, std,
                         folder, hub_file=(repo, None))
@@ -154,10 +153,14 @@ def _from_hub(open_clip, name, repo, filename, root, folder):
                                                                 cache_dir=osp.join(root, "hub"))
     except (OSError, RuntimeError, ValueError) as error:
         shown = filename or WEIGHT_FILES[-1]
+        if name.startswith(HF_HUB):
+            instead = f"put it in {folder}/ with {CONFIG_FILE} and {WEIGHT_FILES[-1]} of that repository"
+        else:
+            instead = f"put it in {folder}/, or pass its path: MODEL.BACKBONE.NAME {name.split('/')[0]}/path/to/{shown}"
+        reason = str(error).splitlines()[0].split("Last error: ")[-1]
         raise OpenCLIPError(
-            f"{name}: cannot fetch {shown} of {repo} from the Hugging Face hub ({str(error).splitlines()[0]}). On an "
-            f"offline machine, download https://huggingface.co/{repo}/resolve/main/{shown} elsewhere and put it in "
-            f"{folder}/ (an hf-hub: name needs {CONFIG_FILE} there too), or pass its path as ARCH/path/to/{shown}"
+            f"{name}: cannot fetch {shown} of {repo} from the Hugging Face hub ({reason}). On an offline machine, "
+            f"download https://huggingface.co/{repo}/resolve/main/{shown} elsewhere and {instead}"
         ) from error
 
 
