@@ -131,7 +131,8 @@ def test_real_architectures_get_open_clips_tensor_names_and_shapes(arch):
     with torch.device("meta"):
         theirs = {name: tuple(t.shape) for name, t in open_clip.model.CLIP(**cfg).state_dict().items()}
     spec = open_clip_spec(f"{arch}/{open_clip.list_pretrained_tags_by_model(arch)[0]}")
-    ours = {name: tuple(t.shape) for name, t in clip.model.CLIP(**architecture(cfg, spec.quick_gelu)).state_dict().items()}
+    ours = clip.model.CLIP(**architecture(cfg, spec.quick_gelu)).state_dict()
+    ours = {name: tuple(t.shape) for name, t in ours.items()}
     assert ours == theirs
 
 

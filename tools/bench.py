@@ -13,10 +13,10 @@ inference is its ``model_inference``.
 
 A method's reference design is the official code's path: the same trainer and model (same parameters)
 with two paths swapped by ``reference_path``. Text: each image's C class prompts through CLIP's tower at
-all 77 tokens, deep text prompts replacing positions 1..n at the input of layers 1..J-1, one tower call
-per image as CoCoOp's loop makes it (one per step where the prompts do not depend on the image); images:
-CLIP's full last block in every image tower, although only the class token is read. Logits and every
-loss term of both designs are checked equal before anything is timed.
+all 77 tokens (the model's context length), deep text prompts replacing positions 1..n at the input of
+layers 1..J-1, one tower call per image as CoCoOp's loop makes it (one per step where the prompts do not
+depend on the image); images: CLIP's full last block in every image tower, although only the class token
+is read. Logits and every loss term of both designs are checked equal before anything is timed.
 
 Peak memory is a configuration's (method, C, batch, train or infer) working memory: its peak over what is
 resident just before its warm-up runs, so neither the model build nor another configuration counts. GPU:
