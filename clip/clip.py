@@ -157,8 +157,9 @@ def load_state_dict_from(name_or_path, download_root=None):
         path = _download(_MODELS[name_or_path], download_root)
         return _read_weights(path, verified=True)
     raise CLIPWeightsError(
-        f"Model {name_or_path!r} is neither a file nor one of {available_models()}; give a model name "
-        "or the path to a weights file (MODEL.BACKBONE.NAME /path/to/ViT-B-16.pt)"
+        f"Model {name_or_path!r} is neither a file nor one of {available_models()}; give a model name, "
+        "an open_clip name (ViT-B-16/laion2b_s34b_b88k, hf-hub:ORG/REPO) or the path to a weights file "
+        "(MODEL.BACKBONE.NAME /path/to/ViT-B-16.pt)"
     )
 
 
