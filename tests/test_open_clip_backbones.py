@@ -227,3 +227,18 @@ def test_a_hub_download_is_checked_against_its_published_sha256(tmp_path):
     blob.write_bytes(b"weightz")  # damaged in place
     with pytest.raises(OpenCLIPError, match="does not match the SHA-256 the Hugging Face hub published"):
         verify_hub_blob(str(link))
+
+
+def test_an_unknown_tag_lists_the_architectures_tags():
+    with pytest.raises(OpenCLIPError, match="'laion9b' is neither a file nor a pretrained tag of ViT-B-16 "
+                                            r"\(its tags: openai, laion400m_e31"):
+        open_clip_spec("ViT-B-16/laion9b")
+
+
+def test_bench_takes_an_open_clip_architecture_and_refuses_other_kinds(models):
+    model = bench.random_clip("mupl-oc-vit-gelu")
+    assert (model.context_length, model.visual.width, len(model.visual.transformer.resblocks)) == (24, 96, 3)
+    assert isinstance(model.visual.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
+    assert bench.backbone_name("mupl-oc-vit-gelu", "/w/clip.pt") == "mupl-oc-vit-gelu//w/clip.pt"
+    with pytest.raises(SystemExit, match="bench: ViT-B-16-SigLIP is refused: a SigLIP model"):
+        bench.random_clip("ViT-B-16-SigLIP")
