@@ -473,13 +473,17 @@ def architecture_from_state_dict(state_dict):
     )
 
 
-def build_model(state_dict, architecture=None):
-    """An fp16 CLIP in eval mode from an OpenAI-layout state dict (strict: every name must match).
-    ``architecture``: CLIP's constructor arguments, when the shapes alone do not say them (open_clip's
-    models: head width, activation); by default, OpenAI's architecture of those shapes."""
+def build_model(state_dict):
+    """An fp16 CLIP in eval mode from an OpenAI-layout state dict (strict: every name must match)."""
     state_dict = {k: v for k, v in state_dict.items()
                   if k not in ("input_resolution", "context_length", "vocab_size")}
-    model = CLIP(**(architecture or architecture_from_state_dict(state_dict)))
+    return build_clip(state_dict, architecture_from_state_dict(state_dict))
+
+
+def build_clip(state_dict, architecture):
+    """An fp16 CLIP in eval mode with the constructor arguments ``architecture``, for models whose shapes
+    alone do not say them (open_clip's: head width, MLP width, activation); weights loaded strictly."""
+    model = CLIP(**architecture)
     convert_weights(model)
     model.load_state_dict(state_dict, strict=True)
     return model.eval()

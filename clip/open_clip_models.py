@@ -23,7 +23,7 @@ import re
 from torch import nn
 
 from .clip import _MODELS, CLIPWeightsError, _read_weights, default_cache_dir
-from .model import QuickGELU, build_model
+from .model import QuickGELU, build_clip
 
 HF_HUB = "hf-hub:"
 INSTALL = "pip install open_clip_torch"
@@ -245,7 +245,7 @@ def build_from_open_clip(state_dict, model_cfg, quick_gelu, source="the weights"
     if "logit_scale" in state_dict:
         state_dict["logit_scale"] = state_dict["logit_scale"].reshape(())  # open_clip's nonscalar_logit_scale
     try:
-        return build_model(state_dict, architecture(model_cfg, quick_gelu))
+        return build_clip(state_dict, architecture(model_cfg, quick_gelu))
     except RuntimeError as error:  # load_state_dict names the missing, unexpected and misshapen tensors
         raise OpenCLIPError(f"{source} do not fit the model config: {' '.join(str(error).split())}") from error
 

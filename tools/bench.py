@@ -49,7 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import plugins
 import train
-from clip.model import CLIP, VisionTransformer, build_model
+from clip.model import CLIP, VisionTransformer, build_clip, build_model
 from clip.open_clip_models import OpenCLIPError, architecture, check_clip_architecture, import_open_clip
 from clip.tiny import build_tiny_clip
 from dassl.engine import TRAINER_REGISTRY
@@ -103,7 +103,7 @@ def random_clip(backbone):
     except OpenCLIPError as error:
         raise SystemExit(f"bench: {error}") from None
     shapes = architecture(model_cfg, bool(model_cfg.get("quick_gelu")))
-    return build_model(CLIP(**shapes).state_dict(), shapes)
+    return build_clip(CLIP(**shapes).state_dict(), shapes)
 
 
 def backbone_name(backbone, weights):
