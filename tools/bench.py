@@ -49,8 +49,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import plugins
 import train
-from clip.model import CLIP, VisionTransformer, build_clip, build_model
-from clip.open_clip_models import OpenCLIPError, architecture, check_clip_architecture, import_open_clip
+from clip.model import CLIP, VisionTransformer, build_model
+from clip.open_clip_models import (
+    OpenCLIPError,
+    architecture,
+    build_from_open_clip,
+    check_clip_architecture,
+    import_open_clip,
+)
 from clip.tiny import build_tiny_clip
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import atomic_write
@@ -102,8 +108,8 @@ def random_clip(backbone):
         check_clip_architecture(model_cfg, backbone)
     except OpenCLIPError as error:
         raise SystemExit(f"bench: {error}") from None
-    shapes = architecture(model_cfg, bool(model_cfg.get("quick_gelu")))
-    return build_clip(CLIP(**shapes).state_dict(), shapes)
+    quick_gelu = bool(model_cfg.get("quick_gelu"))
+    return build_from_open_clip(CLIP(**architecture(model_cfg, quick_gelu)).state_dict(), model_cfg, quick_gelu)
 
 
 def backbone_name(backbone, weights):
