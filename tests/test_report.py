@@ -113,13 +113,15 @@ def test_base2new_numbers_in_csv_and_markdown(output_tree):
         for cell, value in zip(got, values[:6]):
             assert float(cell) == pytest.approx(value, abs=1e-4), (dataset, method, cell, value)
         mark = "" if row["all_seeds"] == "True" else " *"
-        cells = [dataset, method + mark] + [f"{v:.2f}" for v in values[:3]]
-        if len(values) == 7:
+        if len(values) == 7:   # mean ± std, the seeds used, Δ marked † where it exceeds the seed spread
             assert row["d_vs"] == values[6] and row["source"] == "measured"
-            cells += [f"{v:+.2f}" for v in values[3:6]] + [values[6], "measured"]
-        else:  # published rows carry no delta, and name their source
+            cells = [dataset, method + mark, "?", row["seeds"]] + [
+                f"{v:.2f} ± {float(row[k + '_std']):.2f}" for v, k in zip(values[:3], ("base", "new", "hm"))]
+            cells += [f"{v:+.2f}" + (" †" if row[f"d_{k}_exceeds_spread"] == "True" else "")
+                      for v, k in zip(values[3:6], ("base", "new", "hm"))] + [values[6], "measured"]
+        else:  # published rows carry no delta nor spread, and name their source
             assert got[3:] == ["", "", ""] and row["source"] == SOURCES[method.split(" [")[0]]
-            cells += ["-", "-", "-", "", row["source"]]
+            cells = [dataset, method, "", ""] + [f"{v:.2f}" for v in values[:3]] + ["-", "-", "-", "", row["source"]]
         assert "| " + " | ".join(cells) + " |" in text
     # Each measured method is followed by its published numbers (zero-shot CLIP's trainer is ZeroshotCLIP).
     pets = [method for dataset, method in rows if dataset == "OxfordPets"]
@@ -130,16 +132,16 @@ def test_base2new_numbers_in_csv_and_markdown(output_tree):
     assert not any(method.startswith("MuPL-paper") for _, method in rows)
     assert rows[("DescribableTextures", MUPL)]["all_seeds"] == "False"
     assert rows[("OxfordPets", MUPL)]["all_seeds"] == "True"
-    assert f"| DescribableTextures | {MUPL} * | 81.00 |" in text
+    assert f"| DescribableTextures | {MUPL} * | ? | 1,2 | 81.00 ± 1.00 |" in text
     assert rows[("OxfordPets", MUPL)]["base_std"] == str(round((2 / 3) ** 0.5, 4))
     assert "Average of MuPL (cfg_m) over 2/11: OxfordPets, DescribableTextures datasets." in text
     assert "- MuPL (cfg_m) dtd train_base: seed 3 unfinished" in text
     assert "- MuPL (cfg_m) dtd test_new: seed 3 missing" in text
 
 
-def test_std_over_seeds_on_request(output_tree):
-    files, text = report.build_report(str(output_tree), trainers=["MuPL"], show_std=True)
-    assert f"| OxfordPets | {MUPL} | 95.00 ± {(2 / 3) ** 0.5:.2f} |" in text
+def test_std_over_seeds_and_published_reference_without_cocoop(output_tree):
+    files, text = report.build_report(str(output_tree), trainers=["MuPL"])
+    assert f"| OxfordPets | {MUPL} | ? | 1,2,3 | 95.00 ± {(2 / 3) ** 0.5:.2f} |" in text
     assert r"95.00 $\pm$ 0.82" in files["base2new.tex"]
     methods = {method for _, method in csv_rows(files["base2new.csv"])}
     assert MUPL in methods and not any(m.startswith(("CoCoOp (", "Zeroshot")) for m in methods)
@@ -150,12 +152,13 @@ def test_std_over_seeds_on_request(output_tree):
 def test_transfer_tables_and_their_missing_runs(output_tree):
     files, text = report.build_report(str(output_tree))
     xd = list(csv.reader(io.StringIO(files["cross_dataset.csv"])))
-    assert xd[0][:3] == ["Method", "ImageNet", "Caltech101"] and xd[0][-1] == "Average (targets)"
-    assert xd[1][:3] == [MUPL, "72.00", "94.00"]
+    assert xd[0][:5] == ["Method", "Backbone", "Seeds", "ImageNet", "Caltech101"]
+    assert xd[0][-1] == "Average (targets)"
+    assert xd[1][:5] == [MUPL, "?", "1,2,3", f"72.00 ± {(2 / 3) ** 0.5:.2f}", f"94.00 ± {(2 / 3) ** 0.5:.2f}"]
     assert xd[1][-1] == "-"  # 9 targets not run: no average over targets
     dg = list(csv.reader(io.StringIO(files["domain_generalization.csv"])))
-    assert dg[0] == ["Method", "ImageNet", "-V2", "-Sketch", "-A", "-R", "Average (targets)"]
-    assert dg[1][:3] == [MUPL, "72.00", "64.00 *"]
+    assert dg[0] == ["Method", "Backbone", "Seeds", "ImageNet", "-V2", "-Sketch", "-A", "-R", "Average (targets)"]
+    assert dg[1][3:5] == [f"72.00 ± {(2 / 3) ** 0.5:.2f}", "64.00 ± 0.00 *"]
     assert "- MuPL (cfg_m) evaluation imagenetv2: seed 2 missing" in text
     assert "- MuPL (cfg_m) evaluation dtd: seed 1 missing" in text
     assert r"\begin{tabular}" in files["cross_dataset.tex"] and r"-V2" in files["domain_generalization.tex"]
@@ -165,8 +168,9 @@ def test_cli_writes_every_file_atomically_and_a_valid_png(output_tree, tmp_path,
     out_dir = tmp_path / "report"
     report.main([str(output_tree), "--out", str(out_dir)])
     names = sorted(p.name for p in out_dir.iterdir())
-    assert names == sorted(["report.md", "base2new.csv", "base2new.tex", "base2new.png", "cross_dataset.csv",
-                            "cross_dataset.tex", "domain_generalization.csv", "domain_generalization.tex"])
+    assert names == sorted(["report.md", "base2new.csv", "base2new.tex", "base2new.png", "base2new_h.png",
+                            "cross_dataset.csv", "cross_dataset.tex", "domain_generalization.csv",
+                            "domain_generalization.tex", "transfer.png"])
     assert "## Base-to-new generalisation" in capsys.readouterr().out
     png = (out_dir / "base2new.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"

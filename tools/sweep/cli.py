@@ -19,14 +19,16 @@ import parse_test_res
 from tools import report
 
 from .estimate import Estimator
-from .jobs import (BENCHMARKS, FINISHED, HELD, QUEUED, RERUN, RESUME, START, Settings, SweepError, plan)
+from .jobs import (BENCHMARKS, FINISHED, HELD, QUEUED, RERUN, RESUME, STALE, START, UNKNOWN, Settings, SweepError,
+                   plan)
 from .local import LocalQueue, slots_for
 from .progress import DONE, summary
 from .slurm import SlurmQueue
 
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")   # yacs keys: OPTIM.MAX_EPOCH, ...
-PLAN_TITLES = {FINISHED: "finished", RESUME: "to resume", START: "to start",
-               RERUN: "to rerun (--force moves the existing run aside first)",
+PLAN_TITLES = {FINISHED: "finished", STALE: "stale: finished, by something else (--rerun-stale reruns them)",
+               RESUME: "to resume", START: "to start",
+               RERUN: "to rerun (--force or --rerun-stale moves the existing run aside first)",
                "waiting": "waiting for a dependency", HELD: "held by another process",
                QUEUED: "queued in Slurm already"}
 
@@ -48,6 +50,10 @@ def build_parser():
     parser.add_argument("--dry-run", action="store_true", help="print the plan and its cost, run nothing")
     parser.add_argument("--force", action="store_true",
                         help="rerun finished runs too (the scripts move the old folder aside, never delete it)")
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="rerun the finished runs made by another config, weights, split or code (moved aside)")
+    parser.add_argument("--allow-code-change", action="store_true",
+                        help="a finished run made by another code version is not stale")
     parser.add_argument("--stop-timeout", type=float, default=120,
                         help="seconds a stopped job gets to write its checkpoint before it is killed")
     parser.add_argument("--log-dir", help="the sweep's logs and Slurm files (default: $OUTPUT/sweep)")
@@ -92,6 +98,8 @@ def sweep_settings(args):
            "PYTHON": os.environ.get("PYTHON", sys.executable)}
     if "NGPU" in os.environ:
         env["NGPU"] = os.environ["NGPU"]
+    env["RERUN_STALE"], env["ALLOW_CODE_CHANGE"] = ("1" if args.rerun_stale else "0",
+                                                    "1" if args.allow_code_change else "0")
     for name in ("SHOTS", "NGPU"):
         value = env.get(name, "1")
         if not value.isdigit() or int(value) < 1:
@@ -120,11 +128,21 @@ def print_plan(jobs, estimator, gpus_per_job):
         print(f"{title} ({len(groups[title])}):")
         for job in groups[title]:
             note = f": {job.holder}" if job.state == HELD else ""
+            note += f": differs in {job.differs}" if job.differs else ""
+            note += " (provenance unknown: no run.json)" if job.provenance == UNKNOWN else ""
             note += f" (after {jobs[job.deps[0]].name})" if job.deps and job.state != FINISHED else ""
             print(f"  {job.name}{note}")
     to_run = [job for job in jobs if job.state in (RESUME, START, RERUN)]
     if to_run:
         print("\n".join(estimator.summary(to_run, gpus_per_job)))
+
+
+def stale_line(stale, shown=5):
+    """One line naming the stale runs (the first few) and what differs, and how to rerun them."""
+    names = "; ".join(f"{job.name} ({job.differs})" for job in stale[:shown])
+    more = f"; and {len(stale) - shown} more (--dry-run lists them)" if len(stale) > shown else ""
+    return (f"{len(stale)} finished runs are stale, made by another config, weights, split or code: {names}{more}; "
+            "rerun them with --rerun-stale (moves them aside), or --allow-code-change where only the code differs")
 
 
 def print_results(args, jobs, settings):
@@ -169,6 +187,14 @@ def main(argv=None):
         print(f"tools.sweep: error: {error}", file=sys.stderr)
         return 2
     estimator = Estimator(jobs, args.opts, settings)
+    stale = [job for job in jobs if job.state == STALE]
+    if stale and not args.dry_run:
+        print(f"tools.sweep: error: {stale_line(stale)}", file=sys.stderr)
+        return 2
+    unknown = [job.name for job in jobs if job.state == FINISHED and job.provenance == UNKNOWN]
+    if unknown and not args.dry_run:
+        print(f"Kept {len(unknown)} finished runs of unknown provenance (no run.json): {', '.join(unknown[:5])}"
+              + (" ..." if len(unknown) > 5 else ""))
     if args.dry_run:
         print_plan(jobs, estimator, args.gpus_per_job if args.launcher == "slurm" else settings.gpus_per_job)
         return 0
