@@ -94,8 +94,16 @@ def fingerprint(path, previous=None):
     found = {"path": osp.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     if previous and all(previous.get(k) == found[k] for k in ("path", "size", "mtime_ns")):
         return {**found, "sha256": previous["sha256"]}
-    from clip.download import sha256_of  # imports torch (clip's package): only when a file must be hashed
-    return {**found, "sha256": sha256_of(path)}
+    return {**found, "sha256": file_sha256(path)}
+
+
+def file_sha256(path):
+    """SHA-256 of a file, read in 1 MiB blocks (clip.download has one too, but its package imports torch)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def weights_file(name):

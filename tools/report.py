@@ -499,13 +499,16 @@ def fewshot_curves(table):
     return curves
 
 
-def fewshot_table(curves):
+def fewshot_table(curves, table):
+    """Per dataset and on average, each method's mean ± std at each shot count (cells marked as elsewhere)."""
     shots = sorted({k for panel in curves.values() for points in panel.values() for k, _, _ in points})
     header = ["Dataset", "Method"] + [f"{k} shots" for k in shots]
+    cells = {(dataset_label(d), method, k): cell for method, found in table.items() for (d, k), cell in found.items()}
     body = []
     for panel, methods in curves.items():
         for method, points in methods.items():
-            found = {k: number(mean, std) for k, mean, std in points}
+            found = {k: cell_text(cells[(panel, method, k)]) if (panel, method, k) in cells else number(mean, std)
+                     for k, mean, std in points}
             body.append([panel, method] + [found.get(k, "-") for k in shots])
     return header, body
 
@@ -652,7 +655,7 @@ def build_report(root, trainers=None, seeds=(1, 2, 3), reference_path=REFERENCE_
     problems += fewshot_problems
     curves = fewshot_curves(fewshot)
     if curves:
-        header, body = fewshot_table(curves)
+        header, body = fewshot_table(curves, fewshot)
         files["fewshot.csv"], files["fewshot.tex"] = csv_text(header, body), latex(header, body)
         files["fewshot.png"] = figures.png(figures.accuracy_vs_shots(curves))
         cells = [cell for found in fewshot.values() for cell in found.values()]
