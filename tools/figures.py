@@ -31,11 +31,11 @@ def png(fig):
     return buffer.getvalue()
 
 
-def grid(count, columns):
+def grid(count, columns, row_height=2.1):
     """A figure of ``count`` small panels, ``columns`` a row; the unused panels are hidden."""
     plt = pyplot()
     rows = max(1, -(-count // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(PAGE_WIDTH, 2.1 * rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(PAGE_WIDTH, row_height * rows + 0.6), squeeze=False)
     axes = list(axes.flat)
     for axis in axes[count:]:
         axis.set_visible(False)
@@ -48,12 +48,16 @@ def method_colours(methods):
     return {method: palette[index % len(palette)] for index, method in enumerate(methods)}
 
 
-def shared_legend(fig, methods, colours, marker="o"):
+def legend_below(fig, methods, colours, marker="o"):
+    """One legend for all panels, under them: laid out after the panels, in the room kept for it."""
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=colours[m], marker=marker, linestyle="", label=m) for m in methods]
+    rows = -(-len(methods) // 3)
+    room = (0.18 * rows + 0.1) / fig.get_figheight()
+    fig.tight_layout(rect=(0, room, 1, 1))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(methods), 3), frameon=False,
-               bbox_to_anchor=(0.5, -0.02 - 0.035 * ((len(methods) - 1) // 3)))
+               bbox_to_anchor=(0.5, 0))
 
 
 def iso_h(axis, low, high):
@@ -67,7 +71,9 @@ def iso_h(axis, low, high):
             continue
         axis.plot(base[shown], new[shown], linestyle="--", linewidth=0.5, color="0.7", zorder=0,
                   label=f"_iso-H {level}", gid=f"iso-H {level}")
-        axis.text(base[shown][-1], new[shown][-1], f"H={level}", fontsize=6, color="0.5", ha="right", va="bottom")
+        end = int(shown.sum() * 0.2)   # labelled near its upper-left end, away from the methods (upper right)
+        axis.text(base[shown][end], new[shown][end], f"H={level}", fontsize=5.5, color="0.55", ha="left",
+                  va="bottom", rotation=-35, rotation_mode="anchor")
 
 
 def measured(rows):
@@ -75,37 +81,42 @@ def measured(rows):
 
 
 def base_vs_new(rows):
-    """Per dataset and for the average: each measured method at (Base, New), with its H written beside
-    it, over iso-H curves; a method up and to the right is better on both."""
+    """Per dataset and for the average: each measured method at (Base, New) over iso-H curves (up and to
+    the right is better on both), its H written in its colour in the panel's lower left corner (labels
+    beside the points would overlap where methods are close)."""
     rows = measured(rows)
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
     methods = list(dict.fromkeys(row["method"] for row in rows))
     colours = method_colours(methods)
-    fig, axes = grid(len(datasets), 4)
+    fig, axes = grid(len(datasets), 4, row_height=1.85)
     for axis, dataset in zip(axes, datasets):
         points = [row for row in rows if row["dataset"] == dataset]
         values = [v for row in points for v in (row["base"], row["new"])]
         low, high = max(0.0, min(values) - 5), min(100.0, max(values) + 5)
         iso_h(axis, low, high)
-        for row in points:
+        for index, row in enumerate(points):
             axis.scatter([row["base"]], [row["new"]], s=18, color=colours[row["method"]], label=row["method"],
                          zorder=3)
-            axis.annotate(f"{row['hm']:.1f}", (row["base"], row["new"]), textcoords="offset points", xytext=(3, 3),
-                          fontsize=6, color=colours[row["method"]])
+            axis.text(0.03, 0.03 + 0.08 * (len(points) - 1 - index), f"{row['hm']:.1f}", transform=axis.transAxes,
+                      fontsize=6, color=colours[row["method"]], ha="left", va="bottom", zorder=4,
+                      bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3})
+        axis.text(0.03, 0.03 + 0.08 * len(points), "H", transform=axis.transAxes, fontsize=6, ha="left",
+                  va="bottom", fontweight="bold", zorder=4, bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3})
         axis.set_xlim(low, high)
         axis.set_ylim(low, high)
+        axis.set_aspect("equal", adjustable="box")
         axis.set_title(dataset)
         axis.set_xlabel("Base")
         axis.set_ylabel("New")
         axis.grid(True, linewidth=0.3)
-    shared_legend(fig, methods, colours)
-    fig.tight_layout()
+    legend_below(fig, methods, colours)
     return fig
 
 
 def harmonic_bars(rows):
-    """H per dataset (and the average) of each measured method, the error bar its seeds' spread (std of
-    the per-seed H), the value on top."""
+    """H per dataset (and the average) of each measured method: a dot with the seeds' spread (std of the
+    per-seed H) as its error bar and the value above it; dots, not bars, so the axis can start near the
+    values and a spread of a point stays visible."""
     rows = measured(rows)
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
     methods = list(dict.fromkeys(row["method"] for row in rows))
@@ -114,21 +125,28 @@ def harmonic_bars(rows):
     fig, axis = plt.subplots(figsize=(PAGE_WIDTH, 2.8))
     lookup = {(row["dataset"], row["method"]): row for row in rows}
     width = 0.8 / max(len(methods), 1)
-    positions = np.arange(len(datasets))
     for index, method in enumerate(methods):
-        found = [lookup.get((dataset, method)) for dataset in datasets]
-        heights = [row["hm"] if row else np.nan for row in found]
-        spread = [(row.get("hm_std") or 0.0) if row else 0.0 for row in found]
-        bars = axis.bar(positions + (index + 0.5) * width - 0.4, heights, width, yerr=spread, capsize=1.5,
-                        color=colours[method], label=method, error_kw={"linewidth": 0.6})
-        axis.bar_label(bars, labels=[f"{h:.1f}" if not np.isnan(h) else "" for h in heights], fontsize=5,
-                       rotation=90, padding=2)
-    axis.set_xticks(positions)
+        found = [(position, lookup[(dataset, method)]) for position, dataset in enumerate(datasets)
+                 if (dataset, method) in lookup]
+        xs = [position + (index + 0.5) * width - 0.4 for position, _ in found]
+        ys = [row["hm"] for _, row in found]
+        spread = [row.get("hm_std") or 0.0 for _, row in found]
+        axis.errorbar(xs, ys, yerr=spread, fmt="o", markersize=3, capsize=1.5, elinewidth=0.7,
+                      color=colours[method], label=method)
+        for x, y, e in zip(xs, ys, spread):
+            axis.annotate(f"{y:.1f}", (x, y + e), textcoords="offset points", xytext=(0, 2), fontsize=5,
+                          rotation=90, ha="center", va="bottom", color=colours[method])
+    for boundary in range(1, len(datasets)):
+        axis.axvline(boundary - 0.5, color="0.85", linewidth=0.5)
+    axis.set_xticks(range(len(datasets)))
     axis.set_xticklabels(datasets, rotation=30, ha="right")
+    axis.set_xlim(-0.5, len(datasets) - 0.5)
     axis.set_ylabel("H (error bar: std over seeds)")
-    top = max([row["hm"] + (row.get("hm_std") or 0) for row in rows] + [1])
-    axis.set_ylim(0, min(100, top * 1.18))
-    axis.legend(ncol=min(len(methods), 4), loc="upper center", bbox_to_anchor=(0.5, -0.32), frameon=False)
+    low = min(row["hm"] - (row.get("hm_std") or 0) for row in rows)
+    high = max(row["hm"] + (row.get("hm_std") or 0) for row in rows)
+    axis.set_ylim(max(0, low - 3), min(100, high + 0.12 * (high - low + 10)))
+    axis.grid(True, axis="y", linewidth=0.3)
+    axis.legend(ncol=min(len(methods), 5), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -149,14 +167,14 @@ def accuracy_vs_shots(curves):
                           fontsize=6, color=colours[method], va="center")
         all_shots = sorted({s for points in curves[panel].values() for s, _, _ in points})
         axis.set_xscale("log", base=2)
+        axis.margins(x=0.2)   # room for the last value
         axis.set_xticks(all_shots)
         axis.set_xticklabels([str(s) for s in all_shots])
         axis.set_title(panel)
         axis.set_xlabel("shots per class")
         axis.set_ylabel("accuracy (%)")
         axis.grid(True, linewidth=0.3)
-    shared_legend(fig, methods, colours)
-    fig.tight_layout()
+    legend_below(fig, methods, colours)
     return fig
 
 
@@ -182,7 +200,7 @@ def transfer(panels):
         axis.set_xticklabels(labels, rotation=30, ha="right")
         axis.set_title(title)
         axis.set_ylabel("accuracy (%)")
+        axis.margins(y=0.15)   # room for the values over the highest dots
         axis.grid(True, axis="y", linewidth=0.3)
-    shared_legend(fig, methods, colours)
-    fig.tight_layout()
+    legend_below(fig, methods, colours)
     return fig

@@ -104,9 +104,13 @@ def backbone_from_log(log_path):
     return UNKNOWN_BACKBONE
 
 
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".tar")
+
+
 def short_backbone(name):
-    """A backbone as a table shows it: a weights file by its file name."""
-    return os.path.basename(name) if os.sep in name else name
+    """A backbone as a table shows it: a weights file by its file name, a model name (ViT-B/16,
+    ViT-B-16/laion2b_s34b_b88k) as it is."""
+    return os.path.basename(name) if name.endswith(WEIGHTS_SUFFIXES) else name
 
 
 def harmonic_mean(base, new):
@@ -557,6 +561,10 @@ class ReportError(RuntimeError):
     """A report refused (--strict); the message says which cells and what to do."""
 
 
+def runs(count):
+    return f"{count} run" + ("" if count == 1 else "s")
+
+
 def provenance_summary(cells):
     """Lines saying which code versions, weights, splits and configs the cells' runs come from (with the
     number of runs of each), and how many runs have no run.json."""
@@ -575,10 +583,10 @@ def provenance_summary(cells):
                      "config": config_digest(record)[:12]}
             for part, name in names.items():
                 counts[part][name] = counts[part].get(name, 0) + 1
-    lines = [f"- {part}: " + ", ".join(f"{name} ({n} runs)" for name, n in sorted(found.items()))
+    lines = [f"- {part}: " + ", ".join(f"{name} ({runs(n)})" for name, n in sorted(found.items()))
              for part, found in counts.items() if found]
     if unknown:
-        lines.append(f"- provenance unknown (no run.json, made before it existed): {unknown} runs")
+        lines.append(f"- provenance unknown (no run.json, made before it existed): {runs(unknown)}")
     return lines
 
 
