@@ -60,6 +60,13 @@ def legend_below(fig, methods, colours, marker="o"):
                bbox_to_anchor=(0.5, 0))
 
 
+def label_panel(axis, title, xlabel, ylabel):
+    axis.set_title(title)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(True, linewidth=0.3)
+
+
 def iso_h(axis, low, high):
     """Dashed curves of equal H = 2BN/(B+N) (N = HB / (2B - H)), labelled at their right end."""
     base = np.linspace(low, high, 200)
@@ -105,10 +112,7 @@ def base_vs_new(rows):
         axis.set_xlim(low, high)
         axis.set_ylim(low, high)
         axis.set_aspect("equal", adjustable="box")
-        axis.set_title(dataset)
-        axis.set_xlabel("Base")
-        axis.set_ylabel("New")
-        axis.grid(True, linewidth=0.3)
+        label_panel(axis, dataset, "Base", "New")
     legend_below(fig, methods, colours)
     return fig
 
@@ -170,10 +174,7 @@ def accuracy_vs_shots(curves):
         axis.margins(x=0.2)   # room for the last value
         axis.set_xticks(all_shots)
         axis.set_xticklabels([str(s) for s in all_shots])
-        axis.set_title(panel)
-        axis.set_xlabel("shots per class")
-        axis.set_ylabel("accuracy (%)")
-        axis.grid(True, linewidth=0.3)
+        label_panel(axis, panel, "shots per class", "accuracy (%)")
     legend_below(fig, methods, colours)
     return fig
 

@@ -47,16 +47,36 @@ def git(*args):
     return subprocess.run(["git", "-C", REPO, *args], capture_output=True, check=True).stdout
 
 
+# The files that make a run: everything tracked but the documentation and the tests.
+CODE_PATHS = ("--", ".", ":(exclude)docs", ":(exclude)tests", ":(exclude)*.md")
+
+
 def code_version():
-    """The git commit, whether tracked files differ from it and the SHA-256 of that diff; without git
+    """The git commit, whether tracked code files differ from it and the SHA-256 of that diff; without git
     (an unpacked copy), the SHA-256 of the project's Python sources."""
     try:
         commit = git("rev-parse", "HEAD").decode().strip()
-        diff = git("diff", "HEAD", "--binary")
+        diff = git("diff", "HEAD", "--binary", *CODE_PATHS)
     except (OSError, subprocess.CalledProcessError):
         return {"git_commit": None, "source_sha256": source_digest()}
     return {"git_commit": commit, "dirty": bool(diff),
             "diff_sha256": hashlib.sha256(diff).hexdigest() if diff else None}
+
+
+def same_code(old, new):
+    """Whether two code versions run the same code: the same uncommitted changes, on commits whose code
+    files are equal (a commit of documentation or tests alone changes nothing a run computes)."""
+    if old.get("diff_sha256") != new.get("diff_sha256") or old.get("source_sha256") != new.get("source_sha256"):
+        return False
+    if old.get("git_commit") == new.get("git_commit"):
+        return True
+    if not (old.get("git_commit") and new.get("git_commit")):
+        return False
+    try:
+        git("diff", "--quiet", old["git_commit"], new["git_commit"], *CODE_PATHS)
+    except (OSError, subprocess.CalledProcessError):   # code differs (exit 1), or a commit git does not know
+        return False
+    return True
 
 
 def source_digest():
@@ -272,7 +292,7 @@ def differences(recorded, new_request, root, allow_code_change=False):
         trained = read_record(model["dir"])
         if trained and trained.get("run_id") != model.get("run_id"):
             keys.append("model")
-    if not allow_code_change and code_label(recorded.get("code")) != code_label(code_version()):
+    if not allow_code_change and not same_code(recorded.get("code") or {}, code_version()):
         keys.append("code")
     return keys
 

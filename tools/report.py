@@ -26,7 +26,7 @@ import numpy as np
 
 from parse_test_res import read_run_result, run_logs
 from tools import figures
-from tools.provenance import backbone_of, code_label, config_digest, read_record
+from tools.provenance import backbone_of, code_label, config_digest, read_record, same_code
 
 BASE2NEW_DATASETS = {
     "imagenet": "ImageNet", "caltech101": "Caltech101", "oxford_pets": "OxfordPets",
@@ -71,9 +71,14 @@ class Cell:
         return {seed: identity(record) for seed, record in self.records.items() if record}
 
     def mixed(self):
-        """The parts (code, weights, split, config) in which this cell's seeds differ."""
+        """The parts (code, weights, split, config) in which this cell's seeds differ; code versions differ
+        only where their code does (not a commit of documentation or tests alone)."""
         found = list(self.identities().values())
-        return [name for index, name in enumerate(IDENTITY_PARTS) if len({f[index] for f in found}) > 1]
+        parts = [name for index, name in enumerate(IDENTITY_PARTS) if len({f[index] for f in found}) > 1]
+        codes = [record.get("code") or {} for record in self.records.values() if record]
+        if "code" in parts and all(same_code(codes[0], code) for code in codes[1:]):
+            parts.remove("code")
+        return parts
 
 
 IDENTITY_PARTS = ("code", "weights", "split", "config")
