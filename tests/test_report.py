@@ -21,7 +21,8 @@ def write_log(folder, accuracy, kind="train", end_line="Finish training", decima
     """kind: train (finished), eval (--eval-only), unfinished (training stopped after a val result);
     backbone: the config block train.py prints, with MODEL.BACKBONE.NAME."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = f"MODEL:\n  BACKBONE:\n    CACHE_DIR: \n    NAME: {backbone}\n  HEAD:\n    NAME: \nOPTIM:\n" if backbone else ""
+    config = f"MODEL:\n  BACKBONE:\n    CACHE_DIR: \n    NAME: {backbone}\n  HEAD:\n    NAME: \nOPTIM:\n" \
+        if backbone else ""
     if kind == "eval":
         text = config + "eval_only: True\nEvaluate on the *test* set\n" + result_block(accuracy, decimals)
     else:
@@ -241,7 +242,8 @@ def test_delta_is_marked_where_it_exceeds_the_two_methods_seed_spread(output_tre
 def test_cells_mixing_code_weights_split_or_config_are_marked_listed_and_refused_under_strict(
         output_tree, tmp_path, capsys):
     for seed in (1, 2, 3):
-        write_record(b2n(output_tree, "train_base", "oxford_pets", "MuPL", "cfg_m", seed), lr=0.01 if seed == 3 else 0.002)
+        write_record(b2n(output_tree, "train_base", "oxford_pets", "MuPL", "cfg_m", seed),
+                     lr=0.01 if seed == 3 else 0.002)
         write_record(b2n(output_tree, "test_new", "oxford_pets", "MuPL", "cfg_m", seed), weights=f"w{seed % 2}")
         write_record(b2n(output_tree, "train_base", "oxford_pets", "CoCoOp", "cfg_c", seed))
     for seed in (1, 2):
@@ -275,7 +277,8 @@ def test_runs_on_different_backbones_are_never_one_cell_and_sit_side_by_side(tmp
     laion = "ViT-B-16/laion2b_s34b_b88k"
     for seed, (base, new) in enumerate([(90.0, 80.0), (92.0, 82.0), (95.0, 85.0)], start=1):
         backbone = laion if seed == 3 else "ViT-B/16"
-        train, test = (b2n(tmp_path, phase, "oxford_pets", "CoCoOp", "cfg_c", seed) for phase in ("train_base", "test_new"))
+        train, test = (b2n(tmp_path, phase, "oxford_pets", "CoCoOp", "cfg_c", seed)
+                       for phase in ("train_base", "test_new"))
         write_log(train, base, backbone=backbone)
         write_log(test, new, "eval", backbone=backbone)
         if seed == 3:

@@ -9,6 +9,7 @@ import io
 import numpy as np
 
 ISO_H_LEVELS = (20, 30, 40, 50, 60, 70, 80, 90)
+WHITE_BOX = {"facecolor": "white", "edgecolor": "none", "pad": 0.3}   # text readable over the curves
 PAGE_WIDTH = 7.0   # inches: a two-column paper's full width
 FONT = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
         "xtick.labelsize": 7, "ytick.labelsize": 7}
@@ -105,10 +106,9 @@ def base_vs_new(rows):
             axis.scatter([row["base"]], [row["new"]], s=18, color=colours[row["method"]], label=row["method"],
                          zorder=3)
             axis.text(0.03, 0.03 + 0.08 * (len(points) - 1 - index), f"{row['hm']:.1f}", transform=axis.transAxes,
-                      fontsize=6, color=colours[row["method"]], ha="left", va="bottom", zorder=4,
-                      bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3})
+                      fontsize=6, color=colours[row["method"]], ha="left", va="bottom", zorder=4, bbox=WHITE_BOX)
         axis.text(0.03, 0.03 + 0.08 * len(points), "H", transform=axis.transAxes, fontsize=6, ha="left",
-                  va="bottom", fontweight="bold", zorder=4, bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3})
+                  va="bottom", fontweight="bold", zorder=4, bbox=WHITE_BOX)
         axis.set_xlim(low, high)
         axis.set_ylim(low, high)
         axis.set_aspect("equal", adjustable="box")

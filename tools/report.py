@@ -494,7 +494,8 @@ def fewshot_curves(table):
     for method, cells in sorted(table.items()):
         for (dataset, shots), cell in sorted(cells.items()):
             if cell.mean is not None:
-                curves.setdefault(dataset_label(dataset), {}).setdefault(method, []).append((shots, cell.mean, cell.std))
+                panel = curves.setdefault(dataset_label(dataset), {})
+                panel.setdefault(method, []).append((shots, cell.mean, cell.std))
         shot_counts = sorted({shots for _, shots in cells})
         datasets = sorted({d for d, _ in cells})
         complete = [d for d in datasets if all(cells.get((d, k)) and cells[(d, k)].mean is not None
@@ -674,7 +675,8 @@ def build_report(root, trainers=None, seeds=(1, 2, 3), reference_path=REFERENCE_
         cells = [cell for found in fewshot.values() for cell in found.values()]
         mixed += mixed_notes((f"{method} {dataset} {shots} shots", cell) for method, found in fewshot.items()
                              for (dataset, shots), cell in found.items())
-        sections += ["## Few-shot learning", markdown(header, body), "Made by:\n" + "\n".join(provenance_summary(cells))]
+        sections += ["## Few-shot learning", markdown(header, body),
+                     "Made by:\n" + "\n".join(provenance_summary(cells))]
     panels = {}
     for name, title, panel_title, columns in TRANSFER:
         targets = [key for key, _ in columns if key != "imagenet"]
