@@ -139,16 +139,18 @@ check_provenance() {
 
 # The plan of a run (SWEEP_PLAN=1), one "key<TAB>value" a line: its folder, the folder it needs (a
 # trained model, or nothing), whether it is an evaluation, its state (finished, stale, resume or start),
-# and for a finished run its provenance (same, unknown or stale) and the keys that differ.
+# and for an existing run its provenance (same, unknown or stale) and the keys that differ.
 print_plan() {
     local dir=$1 marker=$2 state=start kind=train
     PROVENANCE="" DIFFERS=""
     if run_finished "$dir" "$marker"; then
         state=finished
-        check_provenance "$dir"
-        [[ "$PROVENANCE" != stale ]] || state=stale
     elif [[ -d "$dir" ]]; then
         state=resume
+    fi
+    if [[ -d "$dir" ]]; then
+        check_provenance "$dir"
+        [[ "$PROVENANCE" != stale ]] || state=stale
     fi
     [[ " ${ARGS[*]} " != *" --eval-only "* ]] || kind=eval
     printf 'run_dir\t%s\nneeds\t%s\nkind\t%s\nstate\t%s\nprovenance\t%s\ndiffers\t%s\n' \
@@ -165,13 +167,13 @@ move_aside() {
 
 # Decide what to do with the run folder $1 (ARGS: the whole train.py call): returns 1 (skip) when it
 # holds a finished run made by the same config, weights, split, few-shot list and code (or of unknown
-# provenance: made before run.json existed). A finished run made by something else (stale) stops the
-# script with one line naming it and the keys, unless RERUN_STALE=1, which moves it aside and reruns.
-# FORCE=1 moves any existing run aside. Nothing is ever deleted. An unfinished folder is reused: the
-# engine resumes. A folder in use by another process is never moved nor reused (exit 75).
-# SWEEP_PLAN=1: print_plan, exit.
+# provenance: made before run.json existed). A run made by something else (stale; finished, or
+# unfinished, which resuming would mix) stops the script with one line naming it and the keys, unless
+# RERUN_STALE=1, which moves it aside and runs again. FORCE=1 moves any existing run aside. Nothing is
+# ever deleted. An unfinished folder of the same call is reused: the engine resumes. A folder in use by
+# another process is never moved nor reused (exit 75). SWEEP_PLAN=1: print_plan, exit.
 prepare_run() {
-    local dir=$1 marker=$2
+    local dir=$1 marker=$2 state=unfinished
     if [[ "$PLAN" == 1 ]]; then
         print_plan "$dir" "$marker"
         exit 0
@@ -181,23 +183,23 @@ prepare_run() {
         move_aside "$dir" previous
         return 0
     fi
-    if run_finished "$dir" "$marker"; then
-        check_provenance "$dir"
-        if [[ "$PROVENANCE" == stale ]]; then
-            local keep=""
-            [[ "$DIFFERS" != *code* ]] || keep=", or keep it with --allow-code-change where only the code differs"
-            [[ "$RERUN_STALE" == 1 ]] || die "stale finished run in $dir: it differs from this call in $DIFFERS; rerun it with --rerun-stale (moves it aside)$keep"
-            move_aside "$dir" "stale ($DIFFERS)"
-            return 0
-        fi
-        local note=""
-        [[ "$PROVENANCE" != unknown ]] || note="; provenance unknown: no run.json"
+    [[ -d "$dir" ]] || return 0
+    ! run_finished "$dir" "$marker" || state=finished
+    check_provenance "$dir"
+    if [[ "$PROVENANCE" == stale ]]; then
+        local keep=""
+        [[ "$DIFFERS" != *code* ]] || keep=", or keep it with --allow-code-change where only the code differs"
+        [[ "$RERUN_STALE" == 1 ]] || die "stale $state run in $dir: it differs from this call in $DIFFERS; rerun it with --rerun-stale (moves it aside)$keep"
+        move_aside "$dir" "stale ($DIFFERS)"
+        return 0
+    fi
+    local note=""
+    [[ "$PROVENANCE" != unknown ]] || note="; provenance unknown: no run.json"
+    if [[ "$state" == finished ]]; then
         echo "Oops! The results exist at $dir (so skip this job$note)"
         return 1
     fi
-    if [[ -d "$dir" ]]; then
-        echo "Resuming the unfinished run in $dir"
-    fi
+    echo "Resuming the unfinished run in $dir"
     return 0
 }
 

@@ -105,6 +105,13 @@ def test_scripts_stop_on_a_stale_run_in_one_line_and_keep_runs_of_unknown_proven
     (old / "run.json").unlink()
     kept = fewshot(world, "3", LR_A)
     assert kept.returncode == 0 and "provenance unknown" in kept.stdout
+    # An unfinished run made by another call is not resumed into a mix of both: stale too.
+    (old / "run.json").write_text((folder / "run.json").read_text())
+    for log in old.glob("log.txt*"):
+        log.write_text(log.read_text().split("Finish training")[0])
+    unfinished = fewshot(world, "3", LR_B)
+    assert unfinished.returncode == 1 and f"stale unfinished run in {old}: it differs from this call in SEED" \
+        in unfinished.stderr
     shutil.rmtree(old)
 
 
@@ -117,11 +124,12 @@ def test_sweep_and_report_see_the_stale_run_and_rerun_stale_reruns_exactly_it(wo
     name = f"fewshot/oxford_pets/shots_1/CoOp/{CFG}/seed1"
     assert cli.main([*args, "--dry-run", *opts]) == 0
     plan = capsys.readouterr().out
-    assert f"stale: finished, by something else (--rerun-stale reruns them) (1):\n  {name}: differs in OPTIM.LR" in plan
+    assert f"stale: made by something else (--rerun-stale reruns them) (1):\n  {name}: differs in OPTIM.LR" in plan
     assert "finished (1):\n  fewshot/oxford_pets/shots_1/CoOp" in plan and "seed2" in plan
     assert cli.main([*args, *opts]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and f"{name} (OPTIM.LR)" in error and "--rerun-stale" in error
+    assert error.count("\n") == 1 and "1 of the sweep's runs is stale" in error and f"{name} (OPTIM.LR)" in error
+    assert "--rerun-stale" in error
 
     # The report: seeds 1 and 2 were made by different configs, so their cell is marked and listed.
     files, text = report.build_report(str(world["root"] / "output"), seeds=(1, 2))

@@ -26,7 +26,7 @@ from .progress import DONE, summary
 from .slurm import SlurmQueue
 
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")   # yacs keys: OPTIM.MAX_EPOCH, ...
-PLAN_TITLES = {FINISHED: "finished", STALE: "stale: finished, by something else (--rerun-stale reruns them)",
+PLAN_TITLES = {FINISHED: "finished", STALE: "stale: made by something else (--rerun-stale reruns them)",
                RESUME: "to resume", START: "to start",
                RERUN: "to rerun (--force or --rerun-stale moves the existing run aside first)",
                "waiting": "waiting for a dependency", HELD: "held by another process",
@@ -141,7 +141,8 @@ def stale_line(stale, shown=5):
     """One line naming the stale runs (the first few) and what differs, and how to rerun them."""
     names = "; ".join(f"{job.name} ({job.differs})" for job in stale[:shown])
     more = f"; and {len(stale) - shown} more (--dry-run lists them)" if len(stale) > shown else ""
-    return (f"{len(stale)} finished runs are stale, made by another config, weights, split or code: {names}{more}; "
+    count = f"{len(stale)} of the sweep's runs " + ("are" if len(stale) > 1 else "is")
+    return (f"{count} stale, made by another config, weights, split or code: {names}{more}; "
             "rerun them with --rerun-stale (moves them aside), or --allow-code-change where only the code differs")
 
 

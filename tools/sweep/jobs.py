@@ -25,7 +25,7 @@ SOURCE_DATASET = "imagenet"   # what xd_train.sh trains on
 
 # Plan states, as the scripts report them (finished / stale / resume / start), and as the sweep sees them.
 FINISHED, RESUME, START = "finished", "resume", "start"
-STALE = "stale"               # finished, by another config, weights, split, few-shot list, model or code
+STALE = "stale"               # made by another config, weights, split, few-shot list, model or code
 UNKNOWN = "unknown"           # the provenance of a finished run without run.json (kept, never refused)
 RERUN = "rerun"               # --force, or --rerun-stale for a stale run: moved aside first
 HELD = "held"                 # a live process holds the run folder's lock
@@ -76,7 +76,7 @@ class Job:
     kind: str = "train"         # "train" or "eval" (an --eval-only run)
     state: str = START
     holder: str = ""            # who holds the run folder, when HELD
-    provenance: str = ""        # of a finished run: same, unknown (no run.json) or stale
+    provenance: str = ""        # of an existing run: same, unknown (no run.json) or stale
     differs: str = ""           # what differs, when stale
     deps: list = field(default_factory=list)   # indices of the jobs that must finish first
     name: str = ""              # the run folder, relative to OUTPUT
