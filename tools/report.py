@@ -626,7 +626,8 @@ def backbone_table(rows):
 def transfer_panel(table, columns):
     """(target labels, {method: [mean per target]}) for the transfer figure (targets, not the source)."""
     targets = [(key, label) for key, label in columns if key != "imagenet"]
-    return [label for _, label in targets], {method: [cells[key].mean for key, _ in targets]
+    names = [f"ImageNet{label}" if label.startswith("-") else label for _, label in targets]   # -V2: ImageNet-V2
+    return names, {method: [cells[key].mean for key, _ in targets]
                                              for method, cells in sorted(table.items())}
 
 
