@@ -28,6 +28,7 @@ import uuid
 
 import yaml
 
+from parse_test_res import read_result, read_run_result
 from train_args import build_parser, flatten, request
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -150,22 +151,26 @@ def dataset_files(dataset, num_shots, seed):
     return split, fewshot
 
 
-def relative_file(path, root, previous=None):
-    found = fingerprint(path, previous)
+def relative_file(path, root):
+    """The fingerprint of a dataset file, with its path relative to DATASET.ROOT (a moved data folder
+    is the same data)."""
+    found = fingerprint(path)
     if found:
         found["relpath"] = osp.relpath(found["path"], osp.abspath(root)) if root else found["path"]
     return found
 
 
-def environment():
+def environment(use_cuda):
+    """Versions and the device this process computes on (USE_CUDA and a GPU: the current one)."""
     import torch
     import torchvision
 
-    cuda = torch.cuda.is_available()
+    cuda = use_cuda and torch.cuda.is_available()
+    device = torch.cuda.get_device_name(torch.cuda.current_device()) if cuda else \
+        f"cpu ({platform.processor() or platform.machine()})"
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
-            "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()})",
-            "host": platform.node()}
+            "device": device, "host": platform.node()}
 
 
 def read_record(folder):
@@ -206,7 +211,7 @@ class RunRecord:
             "format": FORMAT, "run_id": earlier.get("run_id") or uuid.uuid4().hex,
             "status": "running", "command": shlex.join([sys.executable, *sys.argv]),
             "code": code_version(), "backbone": cfg.MODEL.BACKBONE.NAME, "request": request(args),
-            "config": json.loads(json.dumps(cfg, default=str)), "environment": environment(),
+            "config": json.loads(json.dumps(cfg, default=str)), "environment": environment(cfg.USE_CUDA),
             "started": earlier.get("started") or now(), "attempts": earlier.get("attempts", 0) + 1,
             "phases": {}, "weights": None, "split": None, "fewshot": None, "model": None, "metrics": None,
         }
@@ -217,13 +222,22 @@ class RunRecord:
         self.write()
 
     def write(self):
+        """Replace run.json in one step. Like the log, a record that cannot be written (a full disk) is
+        said once on stderr and the run goes on: without it the run reads as "provenance unknown", which
+        is kept and never refused, and the earlier run.json (if any) is left whole."""
         if not self.write_enabled:
             return
         from dassl.utils import atomic_write   # torch: train.py has it already; the check never writes
 
-        with atomic_write(osp.join(self.folder, RUN_JSON), mode="w") as handle:
-            json.dump(self.record, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
+        path = osp.join(self.folder, RUN_JSON)
+        try:
+            with atomic_write(path, mode="w") as handle:
+                json.dump(self.record, handle, indent=2, sort_keys=False, default=str)
+                handle.write("\n")
+        except OSError as error:
+            print(f"Warning: cannot write {path} ({error.strerror or error}); the run goes on without it",
+                  file=sys.stderr)
+            self.write_enabled = False
 
     def built(self, trainer, cfg):
         """Record the weights, the split and the few-shot list the built trainer uses."""
@@ -245,10 +259,8 @@ class RunRecord:
         """The run ended normally: final metrics from its log, end time."""
         if not self.write_enabled:
             return
-        from parse_test_res import read_result, read_run_result
-
         sys.stdout.flush()   # the log file (dassl's Logger) holds the final results once flushed
-        accuracy, log_path = read_run_result(self.folder)
+        _, log_path = read_run_result(self.folder)
         if log_path:
             self.record["metrics"] = {key: read_result(log_path, key) for key in ("accuracy", "error", "macro_f1")}
         self.record.update(status="finished", finished=now())
