@@ -22,7 +22,8 @@ from tools import report
 
 from .checks import check_data, check_weights
 from .estimate import Estimator
-from .jobs import (BENCHMARKS, FINISHED, HELD, QUEUED, RERUN, RESUME, START, TO_RUN, Settings, SweepError, plan)
+from .jobs import (BENCHMARKS, FINISHED, HELD, QUEUED, RERUN, RESUME, STALE, START, TO_RUN, UNKNOWN, Settings,
+                   SweepError, plan)
 from .ledger import sweep_lock
 from .local import LocalQueue, slots_for
 from .progress import DONE, summary
@@ -33,8 +34,9 @@ from .status import cancel, print_arrays, print_status
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")   # yacs keys: OPTIM.MAX_EPOCH, ...
 GPU_ID = re.compile(r"^(\d+|GPU-[0-9a-fA-F-]+|MIG-[0-9a-zA-Z/-]+)$")   # as CUDA_VISIBLE_DEVICES takes them
 ACTIONS = ("status", "cancel")   # python -m tools.sweep {status|cancel} <the sweep's arguments>
-PLAN_TITLES = {FINISHED: "finished", RESUME: "to resume", START: "to start",
-               RERUN: "to rerun (--force moves the existing run aside first)",
+PLAN_TITLES = {FINISHED: "finished", STALE: "stale: made by something else (--rerun-stale reruns them)",
+               RESUME: "to resume", START: "to start",
+               RERUN: "to rerun (--force or --rerun-stale moves the existing run aside first)",
                "waiting": "waiting for a dependency", HELD: "held by another process",
                QUEUED: "queued in Slurm already"}
 
@@ -66,6 +68,10 @@ def build_parser():
     parser.add_argument("--dry-run", action="store_true", help="print the plan and its cost, run nothing")
     parser.add_argument("--force", action="store_true",
                         help="rerun finished runs too (the scripts move the old folder aside, never delete it)")
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="rerun the finished runs made by another config, weights, split or code (moved aside)")
+    parser.add_argument("--allow-code-change", action="store_true",
+                        help="a finished run made by another code version is not stale")
     parser.add_argument("--stop-timeout", type=float, default=120,
                         help="seconds a stopped job gets to write its checkpoint before it is killed")
     parser.add_argument("--log-dir", help="the sweep's logs and Slurm files (default: $OUTPUT/sweep)")
@@ -143,6 +149,8 @@ def sweep_settings(args):
            "PYTHON": os.environ.get("PYTHON", sys.executable)}
     if "NGPU" in os.environ:
         env["NGPU"] = os.environ["NGPU"]
+    env["RERUN_STALE"], env["ALLOW_CODE_CHANGE"] = ("1" if args.rerun_stale else "0",
+                                                    "1" if args.allow_code_change else "0")
     for name in ("SHOTS", "NGPU"):
         value = env.get(name, "1")
         if not value.isdigit() or int(value) < 1:
@@ -171,12 +179,35 @@ def print_plan(jobs, estimator, gpus_per_job):
         print(f"{title} ({len(groups[title])}):")
         for job in groups[title]:
             note = f": {job.holder}" if job.state == HELD else ""
+            note += f": differs in {job.differs}" if job.differs else ""
+            note += " (provenance unknown: no run.json)" if job.provenance == UNKNOWN else ""
             note += f" (after {jobs[job.deps[0]].name})" if job.deps and job.state != FINISHED else ""
             print(f"  {job.name}{note}")
     to_run = [job for job in jobs if job.state in (RESUME, START, RERUN)]
     if to_run:
         print("\n".join(estimator.summary(to_run, gpus_per_job)))
         print("\n".join(estimator.breakdown(to_run, gpus_per_job)))
+
+
+def stale_line(stale, shown=5):
+    """One line naming the stale runs (the first few) and what differs, and how to rerun them."""
+    names = "; ".join(f"{job.name} ({job.differs})" for job in stale[:shown])
+    more = f"; and {len(stale) - shown} more (--dry-run lists them)" if len(stale) > shown else ""
+    count = f"{len(stale)} of the sweep's runs " + ("are" if len(stale) > 1 else "is")
+    return (f"{count} stale, made by another config, weights, split or code: {names}{more}; "
+            "rerun them with --rerun-stale (moves them aside), or --allow-code-change where only the code differs")
+
+
+def refuse_stale(jobs):
+    """A sweep never runs beside stale runs (it would mix them into one table): one line, nothing started.
+    Finished runs made before run.json existed are kept, and said."""
+    stale = [job for job in jobs if job.state == STALE]
+    if stale:
+        raise SweepError(stale_line(stale))
+    unknown = [job.name for job in jobs if job.state == FINISHED and job.provenance == UNKNOWN]
+    if unknown:
+        print(f"Kept {len(unknown)} finished runs of unknown provenance (no run.json): {', '.join(unknown[:5])}"
+              + (" ..." if len(unknown) > 5 else ""))
 
 
 def print_results(args, jobs, settings):
@@ -264,6 +295,7 @@ def main(argv=None):
         if args.dry_run:
             print_plan(jobs, estimator, settings.gpus_per_job)
             return 0
+        refuse_stale(jobs)
         if args.launcher == "slurm" and any(job.state in TO_RUN for job in jobs):
             check_slurm(args, jobs, settings)
         states, details, stop_signal = run(args, jobs, settings, estimator)
