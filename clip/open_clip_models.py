@@ -257,14 +257,40 @@ def load_open_clip_model(name, cache_dir=None):
     return build_from_open_clip(read_open_clip_weights(path), spec.model_cfg, spec.quick_gelu, path)
 
 
-def _weights_path(spec, cache_dir):
-    """A file the user put in ``spec.folder``, else open_clip's download (hub, or its URL with its checksum)."""
+def _user_file(spec):
+    """A weights file the user put in ``spec.folder`` (or open_clip's URL download left there), else None."""
     names = [spec.hub_file[1]] if spec.hub_file and spec.hub_file[1] else []
     names += list(WEIGHT_FILES) + ([osp.basename(spec.url)] if spec.url else [])
     for filename in names:
         candidate = osp.join(spec.folder, filename)
         if osp.isfile(candidate):
             return candidate
+    return None
+
+
+def cached_weights_file(name, cache_dir=None):
+    """The local file an open_clip name's weights are read from, fetching nothing (None when it is not
+    there): what run.json hashes, so swapped weights under the same name make a run stale."""
+    spec = open_clip_spec(name, cache_dir)
+    found = spec.file or _user_file(spec)
+    if found or not spec.hub_file:
+        return found
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, filename = spec.hub_file
+    hub = osp.join(cache_dir or default_cache_dir(), "open_clip", "hub")
+    for candidate in [filename] if filename else list(WEIGHT_FILES):
+        path = try_to_load_from_cache(repo, candidate, cache_dir=hub)
+        if isinstance(path, str) and osp.isfile(path):
+            return path
+    return None
+
+
+def _weights_path(spec, cache_dir):
+    """A file the user put in ``spec.folder``, else open_clip's download (hub, or its URL with its checksum)."""
+    found = _user_file(spec)
+    if found:
+        return found
     open_clip = import_open_clip(spec.name)
     root = osp.join(cache_dir or default_cache_dir(), "open_clip")
     if spec.hub_file:

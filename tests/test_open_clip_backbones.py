@@ -197,6 +197,30 @@ def test_an_hf_hub_repository_from_a_local_folder(models, tmp_path):
         assert torch.allclose(model.encode_text(tokens), reference.encode_text(tokens), atol=1e-5)
 
 
+def test_run_json_hashes_the_file_an_open_clip_name_reads(models, tmp_path):
+    """Provenance: the weights file behind ARCH/path, a hub repository copied by hand, and a tag's file in
+    the hub cache are found without fetching, so swapping weights under the same name makes runs stale."""
+    from tools.provenance import weights_file
+
+    arch = "mupl-oc-vit-quickgelu"
+    path = models[arch][1].split("/", 1)[1]
+    assert weights_file(f"{arch}/{path}") == path
+    repo = tmp_path / "open_clip" / "hf-hub" / "someone" / "tiny-clip"
+    repo.mkdir(parents=True)
+    (repo / "open_clip_config.json").write_text(json.dumps({"model_cfg": ARCHS[arch]}))
+    (repo / "open_clip_pytorch_model.bin").write_bytes(b"weights")
+    assert weights_file("hf-hub:someone/tiny-clip", str(tmp_path)) == str(repo / "open_clip_pytorch_model.bin")
+    name = "ViT-B-32/laion2b_s34b_b79k"
+    assert weights_file(name, str(tmp_path)) is None  # not fetched: nothing to hash, and no download tried
+    snapshot = (tmp_path / "open_clip" / "hub" / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K" / "snapshots"
+                / "0123abc")
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_pytorch_model.bin").write_bytes(b"weights")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
+    assert weights_file(name, str(tmp_path)) == str(snapshot / "open_clip_pytorch_model.bin")
+
+
 def test_offline_hub_says_where_to_put_the_file(monkeypatch, tmp_path):
     import huggingface_hub.constants
 

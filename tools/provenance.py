@@ -127,16 +127,19 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def weights_file(name):
-    """The file CLIP weights are read from: the path given, or the cache file of an official name;
-    None for a name that is neither (another library's model, known by its name only)."""
+def weights_file(name, cache_dir=""):
+    """The file CLIP weights are read from: the path given, the cache file of an official name, or the
+    local file of an open_clip name (``ARCH/TAG``, ``ARCH/path``, ``hf-hub:``); None when there is none."""
     if osp.isfile(name):
         return osp.abspath(name)
     import clip
     from clip.clip import default_cache_dir
+    from clip.open_clip_models import cached_weights_file, is_open_clip_name
 
+    if is_open_clip_name(name):
+        return cached_weights_file(name, cache_dir or None)
     url = clip._MODELS.get(name)
-    return osp.join(default_cache_dir(), osp.basename(url)) if url else None
+    return osp.join(cache_dir or default_cache_dir(), osp.basename(url)) if url else None
 
 
 def dataset_files(dataset, num_shots, seed):
@@ -244,7 +247,8 @@ class RunRecord:
         if not self.write_enabled:
             return
         self.record["weights"] = {"name": cfg.MODEL.BACKBONE.NAME,
-                                  **(fingerprint(weights_file(cfg.MODEL.BACKBONE.NAME)) or {})}
+                                  **(fingerprint(weights_file(cfg.MODEL.BACKBONE.NAME,
+                                                             cfg.MODEL.BACKBONE.get("CACHE_DIR", ""))) or {})}
         dataset = getattr(getattr(trainer, "dm", None), "dataset", None)
         if dataset is not None:
             split, fewshot = dataset_files(dataset, cfg.DATASET.NUM_SHOTS, cfg.SEED)
