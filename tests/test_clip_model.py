@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import clip
 from clip.model import CLIP, ResidualAttentionBlock, architecture_from_state_dict, build_model
 from clip.prompting import ClassPrompts, TextEncoder
-from clip.tiny import build_tiny_clip, tiny_state_dict
+from clip.tiny import build_tiny_clip, save_tiny_clip, tiny_state_dict
 from tools.bench import reference_text
 from tests.helpers import assert_same_values_and_gradients
 
@@ -251,3 +251,18 @@ def test_deep_text_prompts_replace_the_context_after_sos_at_each_layer_on_every_
                                           deep_prompts=deep)[0]
     for fast in (batched, shared):
         assert_same_values_and_gradients(fast, reference, (ctx, deep[0]))
+
+
+def test_loading_weights_draws_only_what_building_clip_draws(tmp_path):
+    """Runs seed torch before CLIP is loaded, and the first batch depends on what the build leaves in the
+    generator: the weights check (which builds a tiny twin to name the keys a file lacks) must draw nothing
+    beyond the CLIP construction itself, as OpenAI's ``clip.load`` draws."""
+    path = tmp_path / "tiny.pt"
+    save_tiny_clip(str(path))
+    state_dict = torch.load(path, weights_only=True)
+    torch.manual_seed(7)
+    build_model(state_dict)
+    expected = torch.get_rng_state()
+    torch.manual_seed(7)
+    clip.load_clip_model(str(path))
+    assert torch.equal(torch.get_rng_state(), expected)
