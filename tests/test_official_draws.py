@@ -17,7 +17,7 @@ from torch import nn
 
 import plugins
 import train
-from clip.tiny import TINY_ARCHS
+from clip.tiny import TINY_ARCHS, save_tiny_clip
 from dassl.data import DataManager
 from dassl.engine import TRAINER_REGISTRY, build_trainer
 from dassl.utils import set_random_seed
@@ -71,6 +71,42 @@ def official_clip(vision=(0, 0), text=(0, 0)):
             nn.init.normal_(torch.empty(shape))
     nn.init.normal_(torch.empty(TEXT_WIDTH, EMBED))  # text_projection
     return kept
+
+
+def official_resnet_clip():
+    """openai/CLIP clip/model.py ``CLIP.__init__`` with a ModifiedResNet (the tiny "rn" CLIP), then
+    ``initialize_parameters``, which also draws the attention pool's projections (bn3 zeros draw nothing)."""
+    arch = TINY_ARCHS["rn"]
+    width, text_width, embed = arch["vision_width"], arch["transformer_width"], arch["embed_dim"]
+    nn.Conv2d(3, width // 2, 3, bias=False), nn.Conv2d(width // 2, width // 2, 3, bias=False)  # the stem
+    nn.Conv2d(width // 2, width, 3, bias=False)
+    inplanes = width
+    for planes in (width, 2 * width, 4 * width, 8 * width):  # layer1..4, one Bottleneck each
+        nn.Conv2d(inplanes, planes, 1, bias=False), nn.Conv2d(planes, planes, 3, bias=False)
+        nn.Conv2d(planes, 4 * planes, 1, bias=False)
+        nn.Conv2d(inplanes, 4 * planes, 1, bias=False)  # downsample (stride 2, or a new width)
+        inplanes = 4 * planes
+    pool_width = 32 * width  # AttentionPool2d: positional_embedding, k, q, v, c projections
+    torch.randn((arch["image_resolution"] // 32) ** 2 + 1, pool_width)
+    pool = [nn.Linear(pool_width, pool_width) for _ in range(3)] + [nn.Linear(pool_width, embed)]
+    for _ in range(arch["transformer_layers"]):
+        block(text_width)
+    embedding = nn.Embedding(arch["vocab_size"], text_width)
+    nn.init.normal_(embedding.weight, std=0.02)  # initialize_parameters from here
+    nn.init.normal_(torch.empty(arch["context_length"], text_width), std=0.01)
+    for layer in pool:
+        nn.init.normal_(layer.weight)
+    for _ in range(arch["transformer_layers"]):
+        for shape in ((3 * text_width, text_width), (text_width, text_width), (4 * text_width, text_width),
+                      (text_width, 4 * text_width)):
+            nn.init.normal_(torch.empty(shape))
+    nn.init.normal_(torch.empty(text_width, embed))
+
+
+def official_coop_resnet():
+    """CoOp trainers/coop.py on a ResNet CLIP (its RN50 recipes), with a random context."""
+    official_resnet_clip()
+    return {"prompt_learner.ctx": prompt(16, TINY_ARCHS["rn"]["transformer_width"])}
 
 
 def official_coop():
@@ -146,6 +182,7 @@ def official_promptsrc():
 
 CASES = {  # trainer: (config node, options, official build)
     "CoOp": ("COOP", ["CTX_INIT", ""], official_coop),
+    "CoOp-rn": ("COOP", ["CTX_INIT", ""], official_coop_resnet),
     "CoCoOp": ("COCOOP", [], official_cocoop),
     "KgCoOp": ("COOP", ["CTX_INIT", ""], official_kgcoop),
     "ProGrad": ("COOP", ["CTX_INIT", ""], official_prograd),
@@ -165,9 +202,12 @@ def world(tmp_path_factory):
     return world
 
 
-def make_cfg(world, trainer):
+def make_cfg(world, case):
     root, tiny = world
-    node, options, _ = CASES[trainer]
+    node, options, _ = CASES[case]
+    trainer, _, arch = case.partition("-")
+    if arch:
+        tiny = save_tiny_clip(root / f"{arch}.pt", arch=arch)
     recipe = (REPO / "configs/trainers" / trainer / "default_cfg.txt").read_text().strip()
     opts = [f"TRAINER.{node}.PREC", "fp32"]
     for key, value in zip(options[::2], options[1::2]):
@@ -186,16 +226,16 @@ def states_and_first_batch(loader):
     return states, next(iter(loader))
 
 
-@pytest.mark.parametrize("trainer", list(CASES))
-def test_a_seed_leaves_the_random_state_and_first_batch_of_the_official_build(world, trainer):
-    cfg = make_cfg(world, trainer)
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_seed_leaves_the_random_state_and_first_batch_of_the_official_build(world, case):
+    cfg = make_cfg(world, case)
     set_random_seed(cfg.SEED)
     built = build_trainer(cfg)
     states, batch = states_and_first_batch(built.train_loader_x)
 
     set_random_seed(cfg.SEED)  # the official run: Dassl's TrainerX builds the data, then the model
     data = DataManager(cfg)
-    kept = CASES[trainer][2]()
+    kept = CASES[case][2]()
     expected_states, expected_batch = states_and_first_batch(data.train_loader_x)
 
     assert torch.equal(states[0], expected_states[0])
