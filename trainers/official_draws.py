@@ -2,11 +2,11 @@
 
 Between seeding and the first batch the official builds draw from torch's CPU generator for tensors this
 project keeps (contexts, prompts, MaPLe's and CoCoOp's linear layers) and for tensors it never builds (a
-CLIP's own random init before its weights are loaded, second CLIPs, KgCoOp's unused modules). Whatever
-draws the first batch's order and crops is what those draws leave. A trainer declares its official build
-as a list of steps (``PromptTrainer.official_draws``); after this project's build, ``replay`` rewinds the
-generator to where the build started and runs the steps: kept tensors are drawn anew into the model's own
-parameters, dead ones only advance the generator, without being built.
+CLIP's own random init before its weights are loaded, second CLIPs, KgCoOp's unused modules). What they
+leave in the generator decides the first batch's order and crops, and every later one. A trainer
+declares its official build as a list of steps (``PromptTrainer.official_draws``); after this project's
+build, ``replay`` rewinds the generator to where the build started and runs the steps: kept tensors are
+drawn anew into the model's own parameters, dead ones only advance the generator, without being built.
 
 On the CPU an fp32 ``uniform_`` (and so kaiming, xavier and ``nn.Linear``'s bias init) takes one 32-bit
 word per element, and a contiguous fp32 ``normal_`` / ``randn`` of n >= 16 elements takes n, plus 16 when n
@@ -136,10 +136,9 @@ def clip_construction(clip_model, prompts=False):
                   normal_like(visual.positional_embedding, "image positional_embedding")]
         steps += transformer_init(visual.transformer, "image", prompts)
         steps.append(normal_like(visual.proj, "image proj"))
-    else:  # ModifiedResNet: convolutions, then the attention pool's positional embedding and projections
-        steps += module_init(nn.ModuleList([m for n, m in visual.named_children() if n != "attnpool"]), "resnet")
+    else:  # ModifiedResNet: its convolutions and attention pool, all dead, so only their count matters
+        steps += module_init(visual, "resnet")
         steps.append(normal_like(visual.attnpool.positional_embedding, "attnpool positional_embedding"))
-        steps += module_init(visual.attnpool, "attnpool")
     steps += transformer_init(text, "text", prompts)
     steps.append(normal_like(clip_model.token_embedding.weight, "token_embedding"))
     # initialize_parameters
