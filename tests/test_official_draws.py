@@ -120,7 +120,8 @@ def official_cocoop():
     Linear(vis_dim, vis_dim // 16), ReLU, Linear(vis_dim // 16, ctx_dim)."""
     official_clip()
     linear1, linear2 = nn.Linear(EMBED, EMBED // 16), nn.Linear(EMBED // 16, TEXT_WIDTH)
-    return {"prompt_learner.meta_net.linear1.weight": linear1.weight, "prompt_learner.meta_net.linear2.bias": linear2.bias}
+    return {"prompt_learner.meta_net.linear1.weight": linear1.weight,
+            "prompt_learner.meta_net.linear2.bias": linear2.bias}
 
 
 def official_kgcoop():

@@ -308,8 +308,8 @@ def check_init_phrase(ctx_init, n_ctx, key):
         return
     n_tokens = len(get_tokenizer().encode(ctx_init.replace("_", " ")))
     if n_tokens < n_ctx:
-        raise ValueError(f'{key} is {n_ctx} but CTX_INIT "{ctx_init}" has {n_tokens} tokens: the official code would '
-                         f"start the other context slots from end-of-text/padding embeddings; use {key} <= "
+        raise ValueError(f'{key} is {n_ctx} but CTX_INIT "{ctx_init}" has {n_tokens} tokens: the official code '
+                         f"would start the other context slots from end-of-text/padding embeddings; use {key} <= "
                          f'{n_tokens}, a longer CTX_INIT, or CTX_INIT "" (random context)')
 
 

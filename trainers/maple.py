@@ -95,5 +95,6 @@ class MaPLe(WholeModelPromptTrainer):
         return clip_construction(clip_model) + context(self.model) + [
             Linear(proj.in_features, proj.out_features, "proj", into=(proj,)),
             *[normal_like(prompt, "deep text prompt", keep=True) for prompt in learner.compound_prompts_text],
-            Linear(proj.in_features, proj.out_features, "coupling", into=tuple(learner.compound_prompt_projections)),
+            Linear(proj.in_features, proj.out_features, "coupling",
+                   into=tuple(learner.compound_prompt_projections)),
         ]
