@@ -23,6 +23,7 @@ from dassl.engine import TRAINER_REGISTRY, build_trainer
 from dassl.utils import set_random_seed
 from tests.helpers import make_pets_world
 from trainers.common import check_init_phrase, init_phrase_or_none
+from trainers.official_draws import Linear, Normal, Uniform
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH = TINY_ARCHS["vit"]
@@ -252,8 +253,6 @@ def test_a_seed_leaves_the_random_state_and_first_batch_of_the_official_build(wo
 def test_the_replayed_draw_counts_equal_the_real_draws():
     """torch's CPU generator: an fp32 normal_ of n >= 16 takes n words, plus 16 when 16 does not divide n;
     a smaller one draws itself (a spare sample stays in the generator); uniform_ one word each."""
-    from trainers.official_draws import Linear, Normal, Uniform
-
     for shape in [(1, 512), (17,), (3, 5), (1,), (64, 64)]:
         for real, replayed in [(lambda: torch.empty(shape).normal_(), Normal(shape, "dead")),
                                (lambda: torch.empty(shape).uniform_(), Uniform(torch.Size(shape).numel(), "dead"))]:
