@@ -11,8 +11,8 @@ CUDA, gloo otherwise); only rank 0 prints, logs and writes.
 Exit codes: 0; 2, a request or config value refused before anything is written; 1, a user-fixable error
 found while running; 75, the output folder is in use by another run; 130 / 143, stopped by SIGINT /
 SIGTERM where the same command continues. Each refusal is one line (docs/bad-inputs.md).
+Rank 0 writes run.json beside log.txt: what made the run, and its results (tools/provenance.py).
 """
-import argparse
 import contextlib
 import os
 import os.path as osp
@@ -39,6 +39,9 @@ from dassl.utils.distributed import (
 )
 from dassl.utils.runlock import IN_USE_EXIT_CODE, FolderInUse, RunLock
 from datasets.base import DatasetError
+from tools.provenance import RunRecord
+from train_args import build_parser as build_args_parser
+from train_args import reset_cfg
 from trainers.common import BackboneMismatch, check_input_size
 
 # Bad input a user can fix: reported as one message (set MUPL_TRACEBACK=1 for the traceback).
@@ -52,48 +55,7 @@ WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOrigi
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=str, default="", help="path to dataset")
-    parser.add_argument("--output-dir", type=str, default="", help="output directory")
-    parser.add_argument("--resume", type=str, default="", help="checkpoint directory (from which the training resumes)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (any value >= 0, 0 included)")
-    parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
-    parser.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
-    parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
-    parser.add_argument("--config-file", type=str, default="", help="path to config file")
-    parser.add_argument("--dataset-config-file", type=str, default="", help="path to config file for dataset setup")
-    parser.add_argument("--trainer", type=str, default="", help="name of trainer")
-    parser.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
-    parser.add_argument("--head", type=str, default="", help="name of head")
-    parser.add_argument("--eval-only", action="store_true", help="evaluation only")
-    parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
-    parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
-    parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="modify config options using the command-line")
-    return parser
-
-
-def reset_cfg(cfg, args):
-    if args.root:
-        cfg.DATASET.ROOT = args.root
-    if args.output_dir:
-        cfg.OUTPUT_DIR = args.output_dir
-    if args.resume:
-        cfg.RESUME = args.resume
-    if args.seed is not None:
-        cfg.SEED = args.seed
-    if args.source_domains:
-        cfg.DATASET.SOURCE_DOMAINS = args.source_domains
-    if args.target_domains:
-        cfg.DATASET.TARGET_DOMAINS = args.target_domains
-    if args.transforms:
-        cfg.INPUT.TRANSFORMS = args.transforms
-    if args.trainer:
-        cfg.TRAINER.NAME = args.trainer
-    if args.backbone:
-        cfg.MODEL.BACKBONE.NAME = args.backbone
-    if args.head:
-        cfg.MODEL.HEAD.NAME = args.head
+    return build_args_parser(__doc__)
 
 
 def setup_cfg(args, modules):
@@ -184,7 +146,9 @@ def main(args):
             else:
                 sys.stdout = open(os.devnull, "w")  # under torchrun only rank 0 prints and keeps log.txt
             logger = start_log(cfg, args)
-            run(cfg, args)
+            record = RunRecord(cfg, args, write=is_main_process())
+            run(cfg, args, record)
+            record.finish()
     except TrainingInterrupted as stop:  # the trainer said where it stopped and how to continue
         return stop.code
     except KeyboardInterrupt:
@@ -217,17 +181,21 @@ def start_log(cfg, args):
     return logger
 
 
-def run(cfg, args):
-    with main_process_first():  # rank 0 alone downloads CLIP and writes dataset caches
+def run(cfg, args, record):
+    """Build, then train or evaluate; run.json (``record``) gets what was built and each phase's time."""
+    with record.phase("build"), main_process_first():  # rank 0 alone downloads CLIP, writes dataset caches
         trainer = build_trainer(cfg)
+    record.built(trainer, cfg)
     if args.eval_only:
         try:
             trainer.load_model(args.model_dir, epoch=args.load_epoch)
         except RuntimeError as error:  # weights of another trainer or backbone
             raise CheckpointError(str(error)) from error
-        trainer.test()
+        with record.phase("evaluate"):
+            trainer.test()
     elif not args.no_train:
-        trainer.train()
+        with record.phase("train"):   # the final test included
+            trainer.train()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from .clip import (
     available_models,
     input_resolution,
     load,
+    load_clip_model,
     load_state_dict_from,
     tokenize,
 )

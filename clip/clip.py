@@ -10,10 +10,10 @@ import torch
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
 
 from .download import DownloadError, download_file, sha256_of
-from .model import build_model
+from .model import build_model, missing_keys
 from .simple_tokenizer import END, START, get_tokenizer
 
-__all__ = ["available_models", "input_resolution", "load", "load_state_dict_from", "tokenize",
+__all__ = ["available_models", "input_resolution", "load", "load_clip_model", "load_state_dict_from", "tokenize",
            "CLIPWeightsError"]
 
 # Official weights; each URL carries the file's SHA256 as its second-to-last path component.
@@ -32,6 +32,7 @@ _MODELS = {
 _INPUT_RESOLUTIONS = {"RN50": 224, "RN101": 224, "RN50x4": 288, "RN50x16": 384, "RN50x64": 448, "ViT-B/32": 224,
                       "ViT-B/16": 224, "ViT-L/14": 224, "ViT-L/14@336px": 336}
 CACHE_ENV = "CLIP_CACHE_DIR"
+MAX_KEYS_SHOWN = 8  # of the keys a weights file lacks, named in the message
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -44,8 +45,13 @@ def available_models():
     return list(_MODELS.keys())
 
 
-def input_resolution(name):
-    """The input resolution of an official model name, or None (a path: known once its weights load)."""
+def input_resolution(name, download_root=None):
+    """The input resolution of an official or open_clip model name, or None (a path: known once its
+    weights load). An open_clip name of another kind than CLIP is refused here (``OpenCLIPError``)."""
+    from .open_clip_models import is_open_clip_name, open_clip_spec  # imports clip.clip: imported on use
+
+    if is_open_clip_name(name):
+        return open_clip_spec(name, download_root).image_size
     return _INPUT_RESOLUTIONS.get(name)
 
 
@@ -139,8 +145,13 @@ def _read_weights(path, verified=False):
         raise CLIPWeightsError(f"Cannot read CLIP weights from {path}: {error}") from error
     if isinstance(loaded, dict) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or "text_projection" not in loaded:
-        raise CLIPWeightsError(f"{path} does not hold a CLIP state dict (no 'text_projection')")
+    if not isinstance(loaded, dict):
+        raise CLIPWeightsError(f"{path} does not hold a CLIP state dict (it holds a {type(loaded).__name__})")
+    missing = missing_keys(loaded)
+    if missing:
+        shown = ", ".join(missing[:MAX_KEYS_SHOWN]) + (", ..." if len(missing) > MAX_KEYS_SHOWN else "")
+        raise CLIPWeightsError(f"{path} is not a complete CLIP state dict: it lacks {len(missing)} of CLIP's keys "
+                               f"({shown}); download the weights again, or pass the file they were saved to")
     return loaded
 
 
@@ -152,8 +163,9 @@ def load_state_dict_from(name_or_path, download_root=None):
         path = _download(_MODELS[name_or_path], download_root)
         return _read_weights(path, verified=True)
     raise CLIPWeightsError(
-        f"Model {name_or_path!r} is neither a file nor one of {available_models()}; give a model name "
-        "or the path to a weights file (MODEL.BACKBONE.NAME /path/to/ViT-B-16.pt)"
+        f"Model {name_or_path!r} is neither a file nor one of {available_models()}; give a model name, "
+        "an open_clip name (ViT-B-16/laion2b_s34b_b88k, hf-hub:ORG/REPO) or the path to a weights file "
+        "(MODEL.BACKBONE.NAME /path/to/ViT-B-16.pt)"
     )
 
 
@@ -161,25 +173,42 @@ def _convert_to_rgb(image):
     return image.convert("RGB")
 
 
-def _transform(n_px):
+def _transform(n_px, mean=CLIP_MEAN, std=CLIP_STD):
     return Compose([
         Resize(n_px, interpolation=InterpolationMode.BICUBIC),
         CenterCrop(n_px),
         _convert_to_rgb,
         ToTensor(),
-        Normalize(CLIP_MEAN, CLIP_STD),
+        Normalize(mean, std),
     ])
 
 
+def load_clip_model(name_or_path, download_root=None):
+    """An fp16 CLIP in eval mode: an OpenAI name or weights file, or an open_clip name
+    (``clip/open_clip_models.py``: ``ARCH/TAG``, ``ARCH/path``, ``hf-hub:ORG/REPO``)."""
+    from .open_clip_models import is_open_clip_name, load_open_clip_model
+
+    if is_open_clip_name(name_or_path):
+        return load_open_clip_model(name_or_path, download_root)
+    return build_model(load_state_dict_from(name_or_path, download_root))
+
+
 def load(name, device="cpu", jit=False, download_root=None):
-    """``(model, preprocess)``; fp16 on the GPU as OpenAI ships it, fp32 on the CPU."""
+    """``(model, preprocess)``; fp16 on the GPU as OpenAI ships it, fp32 on the CPU. An open_clip model's
+    preprocessing uses the mean and std it was trained with."""
+    from .open_clip_models import is_open_clip_name, open_clip_spec
+
     if jit:
         raise ValueError("jit=True is not supported: this CLIP is rebuilt from the weights (jit=False)")
     device = torch.device(device)
-    model = build_model(load_state_dict_from(name, download_root)).to(device)
+    model = load_clip_model(name, download_root).to(device)
     if device.type == "cpu":
         model.float()
-    return model, _transform(model.visual.input_resolution)
+    statistics = (CLIP_MEAN, CLIP_STD)
+    if is_open_clip_name(name):
+        spec = open_clip_spec(name, download_root)
+        statistics = (spec.mean, spec.std)
+    return model, _transform(model.visual.input_resolution, *statistics)
 
 
 def tokenize(texts, context_length=77, truncate=False):

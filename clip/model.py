@@ -74,15 +74,18 @@ class ResidualAttentionBlock(nn.Module):
     """OpenAI's block. ``forward`` and ``attention`` take OpenAI's sequence-first (L, N, W) tensors; the
     batch-first methods below are what the project's own paths call."""
 
-    def __init__(self, d_model, n_head, attn_mask=None):
+    def __init__(self, d_model, n_head, attn_mask=None, mlp_width=None, act_layer=QuickGELU):
+        """``mlp_width`` (default 4 x ``d_model``) and ``act_layer`` (QuickGELU, OpenAI's; ``nn.GELU`` for most
+        open_clip models) are what open_clip's CLIP models vary."""
         super().__init__()
+        mlp_width = mlp_width or d_model * 4
         # nn.MultiheadAttention only holds the parameters (in_proj_*, out_proj), named as OpenAI's.
         self.attn = nn.MultiheadAttention(d_model, n_head)
         self.ln_1 = LayerNorm(d_model)
         self.mlp = nn.Sequential(
             OrderedDict(
-                [("c_fc", nn.Linear(d_model, d_model * 4)), ("gelu", QuickGELU()),
-                 ("c_proj", nn.Linear(d_model * 4, d_model))]
+                [("c_fc", nn.Linear(d_model, mlp_width)), ("gelu", act_layer()),
+                 ("c_proj", nn.Linear(mlp_width, d_model))]
             )
         )
         self.ln_2 = LayerNorm(d_model)
@@ -175,11 +178,12 @@ class Transformer(nn.Module):
     """A stack of residual attention blocks. ``forward`` is OpenAI's (L, N, W) call; the project's paths
     use ``forward_batch_first``."""
 
-    def __init__(self, width, layers, heads, attn_mask=None):
+    def __init__(self, width, layers, heads, attn_mask=None, mlp_width=None, act_layer=QuickGELU):
         super().__init__()
         self.width = width
         self.layers = layers
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, attn_mask) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, attn_mask, mlp_width, act_layer)
+                                         for _ in range(layers)])
 
     def forward(self, x):
         """(L, N, W) -> (L, N, W), OpenAI's layout."""
@@ -213,7 +217,8 @@ class Transformer(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, input_resolution, patch_size, width, layers, heads, output_dim):
+    def __init__(self, input_resolution, patch_size, width, layers, heads, output_dim, mlp_width=None,
+                 act_layer=QuickGELU):
         super().__init__()
         self.input_resolution = input_resolution
         self.output_dim = output_dim
@@ -224,7 +229,7 @@ class VisionTransformer(nn.Module):
         grid = input_resolution // patch_size
         self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads, mlp_width=mlp_width, act_layer=act_layer)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
@@ -350,18 +355,25 @@ class ModifiedResNet(nn.Module):
 
 
 class CLIP(nn.Module):
+    """OpenAI's constructor arguments; the keyword-only ones default to OpenAI's choices and describe the
+    open_clip models of the same architecture (``clip/open_clip_models.py``): attention head width,
+    MLP widths and activation."""
+
     def __init__(self, embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
-                 context_length, vocab_size, transformer_width, transformer_heads, transformer_layers):
+                 context_length, vocab_size, transformer_width, transformer_heads, transformer_layers, *,
+                 vision_head_width=64, vision_mlp_width=None, text_mlp_width=None, act_layer=QuickGELU):
         super().__init__()
         self.context_length = context_length
         if isinstance(vision_layers, (tuple, list)):
-            self.visual = ModifiedResNet(vision_layers, embed_dim, vision_width * 32 // 64,
+            self.visual = ModifiedResNet(vision_layers, embed_dim, vision_width * 32 // vision_head_width,
                                          image_resolution, vision_width)
         else:
-            self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width,
-                                            vision_layers, vision_width // 64, embed_dim)
+            self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width, vision_layers,
+                                            vision_width // vision_head_width, embed_dim, vision_mlp_width,
+                                            act_layer)
         self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads,
-                                       attn_mask=self.build_attention_mask())
+                                       attn_mask=self.build_attention_mask(), mlp_width=text_mlp_width,
+                                       act_layer=act_layer)
         self.vocab_size = vocab_size
         self.token_embedding = nn.Embedding(vocab_size, transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
@@ -461,11 +473,34 @@ def architecture_from_state_dict(state_dict):
     )
 
 
+def missing_keys(state_dict):
+    """The names a CLIP of this state dict's layout needs and it lacks (the shape-giving ones first, as
+    the architecture is known only from them), sorted."""
+    layout = (["visual.conv1.weight", "visual.positional_embedding"] if "visual.proj" in state_dict
+              else ["visual.layer1.0.conv1.weight", "visual.attnpool.positional_embedding"])
+    needed = layout + ["text_projection", "ln_final.weight", "positional_embedding", "token_embedding.weight"]
+    missing = [key for key in needed if key not in state_dict]
+    if missing:
+        return sorted(missing)
+    # The names depend on the layer counts alone: a twin of the same depth, a few units wide, has them all.
+    vit = "visual.proj" in state_dict
+    twin = dict(architecture_from_state_dict(state_dict), embed_dim=8, context_length=2, vocab_size=2,
+                transformer_width=64, transformer_heads=1, vision_width=64 if vit else 8,
+                vision_patch_size=1 if vit else None, image_resolution=1 if vit else 32)
+    return sorted(set(CLIP(**twin).state_dict()) - set(state_dict))
+
+
 def build_model(state_dict):
     """An fp16 CLIP in eval mode from an OpenAI-layout state dict (strict: every name must match)."""
     state_dict = {k: v for k, v in state_dict.items()
                   if k not in ("input_resolution", "context_length", "vocab_size")}
-    model = CLIP(**architecture_from_state_dict(state_dict))
+    return build_clip(state_dict, architecture_from_state_dict(state_dict))
+
+
+def build_clip(state_dict, architecture):
+    """An fp16 CLIP in eval mode with the constructor arguments ``architecture``, for models whose shapes
+    alone do not say them (open_clip's: head width, MLP width, activation); weights loaded strictly."""
+    model = CLIP(**architecture)
     convert_weights(model)
     model.load_state_dict(state_dict, strict=True)
     return model.eval()

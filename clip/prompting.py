@@ -15,11 +15,9 @@ from .clip import tokenize
 from .simple_tokenizer import get_tokenizer
 
 
-CONTEXT_LENGTH = 77
-
-
 class PromptTooLong(ValueError):
-    """A class prompt that does not fit CLIP's 77-token context; the message names the class and the fix."""
+    """A class prompt that does not fit CLIP's context (77 tokens for OpenAI's models, the model's own for
+    open_clip's); the message names the class and the fix."""
 
 
 class TextEncoder(nn.Module):
@@ -112,13 +110,14 @@ class ClassPrompts(nn.Module):
             self.fixed_init_tokens = n_tokens - n_ctx
         prefix = ctx_init or " ".join(["X"] * n_ctx)
         texts = [f"{prefix} {name}." for name in names]
+        context_length = clip_model.context_length
         for name, text in zip(names, texts):
             length = len(get_tokenizer().encode(text)) + 2  # with SOS and EOT
-            if length > CONTEXT_LENGTH:
+            if length > context_length:
                 raise PromptTooLong(
-                    f'The prompt of class "{name}" is {length} tokens with its context ("{prefix} {name}."); CLIP '
-                    f"reads at most {CONTEXT_LENGTH}: shorten the class name, or N_CTX / CTX_INIT")
-        tokens = tokenize(texts)
+                    f'The prompt of class "{name}" is {length} tokens with its context ("{prefix} {name}."); this '
+                    f"CLIP reads at most {context_length}: shorten the class name, or N_CTX / CTX_INIT")
+        tokens = tokenize(texts, context_length)
         with torch.no_grad():
             embedding = clip_model.token_embedding(tokens).type(clip_model.text_projection.dtype)
         self.n_ctx = n_ctx

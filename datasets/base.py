@@ -12,8 +12,6 @@ from collections import Counter
 from dassl.data.datasets import DatasetBase, Datum
 from dassl.utils import write_json
 
-MAX_MISSING_SHOWN = 5
-
 
 def extend_cfg(cfg):
     """The base/new switch of CoCoOp's protocol: "all", "base" or "new"."""
@@ -50,10 +48,11 @@ def check_images_exist(entries, source):
     """Count every listed image that is absent, before any training starts."""
     missing = [path for path, _, _ in entries if not osp.isfile(path)]
     if missing:
-        shown = "\n  ".join(missing[:MAX_MISSING_SHOWN])
+        first = "is a folder, not an image" if osp.isdir(missing[0]) else "is missing"
         raise DatasetError(
-            f"{len(missing)} of {len(entries)} images listed in {source} are missing, e.g.\n  {shown}\n"
-            "The dataset folder is incomplete: re-extract it or run the preparation command with --check"
+            f"{len(missing)} of {len(entries)} images listed in {source} are missing or not files (the first, "
+            f"{missing[0]}, {first}): the dataset folder is incomplete; re-extract it or run the preparation "
+            "command with --check"
         )
 
 

@@ -1,5 +1,7 @@
 # Shared by the run scripts (sourced, not run). Environment: DATA (dataset root, default ./data),
 # OUTPUT (output root, default ./output), SHOTS (default 16), PYTHON (default python), FORCE=1 (rerun),
+# RERUN_STALE=1 (rerun a finished run made by another config, weights, split or code; see
+# tools/provenance.py), ALLOW_CODE_CHANGE=1 (a run of another code version is not stale),
 # NGPU (processes, one per GPU, default 1; above 1 train.py runs under torchrun).
 # SWEEP_PLAN=1: a script prints what it would run instead of running it (see prepare_run); tools.sweep
 # plans its jobs this way, so the run folders are defined here only.
@@ -11,6 +13,8 @@ OUTPUT=${OUTPUT:-./output}
 SHOTS=${SHOTS:-16}
 PYTHON=${PYTHON:-python}
 FORCE=${FORCE:-0}
+RERUN_STALE=${RERUN_STALE:-0}
+ALLOW_CODE_CHANGE=${ALLOW_CODE_CHANGE:-0}
 NGPU=${NGPU:-1}
 PLAN=${SWEEP_PLAN:-0}
 
@@ -35,14 +39,23 @@ is_option_key() {
     [[ "$1" == *.* ]]
 }
 
-# Reads "[--force] NAMES... [TRAINER] [CFG] [KEY VALUE ...]": $1 names the leading arguments (e.g.
-# "DATASET SEED"), which are set as variables of those names, then FORCE, TRAINER, CFG and OPTS (the rest).
+# Reads "[--force] [--rerun-stale] [--allow-code-change] NAMES... [TRAINER] [CFG] [KEY VALUE ...]": $1
+# names the leading arguments (e.g. "DATASET SEED"), which are set as variables of those names, then
+# FORCE, RERUN_STALE, ALLOW_CODE_CHANGE, TRAINER, CFG and OPTS (the rest).
 parse_args() {
     local names
     read -r -a names <<< "$1"
     shift
-    if [[ "${1:-}" == "--force" ]]; then FORCE=1; shift; fi
-    (( $# >= ${#names[@]} )) || die "usage: $0 [--force] ${names[*]} [TRAINER] [CFG] [KEY VALUE ...]"
+    while (( $# )); do
+        case "$1" in
+            --force) FORCE=1 ;;
+            --rerun-stale) RERUN_STALE=1 ;;
+            --allow-code-change) ALLOW_CODE_CHANGE=1 ;;
+            *) break ;;
+        esac
+        shift
+    done
+    (( $# >= ${#names[@]} )) || die "usage: $0 [--force] [--rerun-stale] [--allow-code-change] ${names[*]} [TRAINER] [CFG] [KEY VALUE ...]"
     local name
     for name in "${names[@]}"; do
         printf -v "$name" '%s' "$1"
@@ -114,39 +127,79 @@ refuse_if_in_use() {
     exit "$EX_IN_USE"
 }
 
-# The plan of a run (SWEEP_PLAN=1), one "key<TAB>value" a line: its folder, the folder it needs (a
-# trained model, or nothing), whether it is an evaluation, and its state (finished, resume or start).
-print_plan() {
-    local dir=$1 marker=$2 state=start kind=train
-    if run_finished "$dir" "$marker"; then state=finished; elif [[ -d "$dir" ]]; then state=resume; fi
-    [[ " ${ARGS[*]} " != *" --eval-only "* ]] || kind=eval
-    printf 'run_dir\t%s\nneeds\t%s\nkind\t%s\nstate\t%s\n' "$dir" "${NEEDS:-}" "$kind" "$state"
+# Whether the finished run in $1 was made by what ARGS (the whole train.py call) would run: sets
+# PROVENANCE (same, unknown: no run.json, or stale) and DIFFERS (the keys that differ, for stale).
+check_provenance() {
+    local out allow=()
+    [[ "$ALLOW_CODE_CHANGE" != 1 ]] || allow=(--allow-code-change)
+    out=$(PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m tools.provenance check "$1" "${allow[@]}" \
+          -- "${ARGS[@]}") || exit 1
+    IFS=$'\t' read -r PROVENANCE DIFFERS <<< "$out"
 }
 
-# Decide what to do with the run folder $1: returns 1 (skip) when it holds a finished run, unless
-# FORCE=1, which moves it aside (never deletes it). An unfinished folder is reused: the engine resumes.
-# A folder in use by another process is never moved nor reused (exit 75). SWEEP_PLAN=1: print_plan, exit.
+# The plan of a run (SWEEP_PLAN=1), one "key<TAB>value" a line: its folder, the folder it needs (a
+# trained model, or nothing), whether it is an evaluation, its state (finished, stale, resume or start),
+# and for an existing run its provenance (same, unknown or stale) and the keys that differ.
+print_plan() {
+    local dir=$1 marker=$2 state=start kind=train
+    PROVENANCE="" DIFFERS=""
+    if run_finished "$dir" "$marker"; then
+        state=finished
+    elif [[ -d "$dir" ]]; then
+        state=resume
+    fi
+    if [[ -d "$dir" ]]; then
+        check_provenance "$dir"
+        [[ "$PROVENANCE" != stale ]] || state=stale
+    fi
+    [[ " ${ARGS[*]} " != *" --eval-only "* ]] || kind=eval
+    printf 'run_dir\t%s\nneeds\t%s\nkind\t%s\nstate\t%s\nprovenance\t%s\ndiffers\t%s\n' \
+        "$dir" "${NEEDS:-}" "$kind" "$state" "$PROVENANCE" "$DIFFERS"
+}
+
+# Move the run folder $1 aside ($1.old-<time>), never deleting it; $2 says why.
+move_aside() {
+    local aside
+    aside="$1.old-$(date +%Y%m%d-%H%M%S)"
+    mv "$1" "$aside"
+    echo "Moved the $2 run aside to $aside"
+}
+
+# Decide what to do with the run folder $1 (ARGS: the whole train.py call): returns 1 (skip) when it
+# holds a finished run made by the same config, weights, split, few-shot list and code (or of unknown
+# provenance: made before run.json existed). A run made by something else (stale; finished, or
+# unfinished, which resuming would mix) stops the script with one line naming it and the keys, unless
+# RERUN_STALE=1, which moves it aside and runs again. FORCE=1 moves any existing run aside. Nothing is
+# ever deleted. An unfinished folder of the same call is reused: the engine resumes. A folder in use by
+# another process is never moved nor reused (exit 75). SWEEP_PLAN=1: print_plan, exit.
 prepare_run() {
-    local dir=$1 marker=$2
+    local dir=$1 marker=$2 state=unfinished
     if [[ "$PLAN" == 1 ]]; then
         print_plan "$dir" "$marker"
         exit 0
     fi
     refuse_if_in_use "$dir"
     if [[ -d "$dir" && "$FORCE" == 1 ]]; then
-        local aside
-        aside="$dir.old-$(date +%Y%m%d-%H%M%S)"
-        mv "$dir" "$aside"
-        echo "Moved the previous run aside to $aside"
+        move_aside "$dir" previous
         return 0
     fi
-    if run_finished "$dir" "$marker"; then
-        echo "Oops! The results exist at $dir (so skip this job)"
+    [[ -d "$dir" ]] || return 0
+    ! run_finished "$dir" "$marker" || state=finished
+    check_provenance "$dir"
+    if [[ "$PROVENANCE" == stale ]]; then
+        local keep=""
+        [[ "$DIFFERS" != *code* ]] || keep=", or keep it with --allow-code-change where only the code differs"
+        [[ "$RERUN_STALE" == 1 ]] || die "stale $state run in $dir: it differs from this call in $DIFFERS; rerun it with --rerun-stale (moves it aside)$keep"
+        move_aside "$dir" "stale ($DIFFERS)"
+        return 0
+    fi
+    local note=""
+    [[ "$PROVENANCE" != unknown ]] || note="; provenance unknown: no run.json"
+    if [[ "$state" == finished ]]; then
+        echo "Oops! The results exist at $dir (so skip this job$note)"
         return 1
     fi
-    if [[ -d "$dir" ]]; then
-        echo "Resuming the unfinished run in $dir"
-    fi
+    echo "Resuming the unfinished run in $dir"
     return 0
 }
 

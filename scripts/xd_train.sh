@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Cross-dataset / domain generalisation source run: train on all 1000 ImageNet classes.
-# usage: bash scripts/xd_train.sh [--force] SEED [TRAINER=MuPL] [CFG] [KEY VALUE ...]
+# usage: bash scripts/xd_train.sh [--force] [--rerun-stale] [--allow-code-change] SEED [TRAINER=MuPL] [CFG] [KEY VALUE ...]
 source "$(dirname "$0")/lib.sh"
 parse_args "SEED" "$@"
 find_configs "$TRAINER" "$CFG" imagenet
@@ -8,5 +8,6 @@ find_configs "$TRAINER" "$CFG" imagenet
 
 DIR="$OUTPUT/imagenet/$TRAINER/${CFG}_${SHOTS}shots/seed$SEED"
 set_run_args "$DIR"
+ARGS+=(DATASET.NUM_SHOTS "$SHOTS" "${OPTS[@]}")
 prepare_run "$DIR" "$TRAIN_END" || exit 0
-run_train_py "${ARGS[@]}" DATASET.NUM_SHOTS "$SHOTS" "${OPTS[@]}"
+run_train_py "${ARGS[@]}"

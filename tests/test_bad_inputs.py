@@ -5,24 +5,27 @@ import json
 import multiprocessing
 import os
 import pickle
+import shutil
 import sys
 import warnings
+from collections import defaultdict
 from pathlib import Path
 from typing import Tuple
 
 import PIL.Image
 import pytest
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.tensorboard import SummaryWriter
 
 import train
 from clip import clip as clip_module
-from clip.tiny import save_tiny_clip
-from dassl.utils import CheckpointError, load_checkpoint, read_image, save_checkpoint
+from clip.tiny import save_tiny_clip, tiny_state_dict
+from dassl.utils import CheckpointError, check_checkpoint, load_checkpoint, read_image, save_checkpoint
 from dassl.utils import logger as logger_module
 from datasets.base import DatasetError
 from tests.fake_trees import make_fake_oxford_pets, make_split_tree, write_image
-from tests.helpers import make_pets_world, run_main
+from tests.helpers import make_pets_world, run_main, write_dassl_pytorch_checkpoint
 from tests.test_datasets import load as load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -401,6 +404,12 @@ def test_evaluation_accepts_max_epoch_0(world, finished, untouched, tmp_path, ca
     ("CoCoOp", ["TRAINER.COCOOP.N_CTX", "0", "TRAINER.COCOOP.CTX_INIT", ""], ["TRAINER.COCOOP.N_CTX is 0"]),
     ("IVLP", ["TRAINER.IVLP.PROMPT_DEPTH_TEXT", "0"], ["TRAINER.IVLP.PROMPT_DEPTH_TEXT is 0", "1 or more"]),
     ("PromptSRC", ["TRAINER.PROMPTSRC.GPA_STD", "0"], ["TRAINER.PROMPTSRC.GPA_STD is 0", "positive"]),
+    ("PromptSRC", ["TRAINER.PROMPTSRC.GPA_MEAN", "1000"], ["TRAINER.PROMPTSRC.GPA_MEAN is 1000: with GPA_STD 1 it "
+                                                           "puts no weight on epochs 1 .. 1 (OPTIM.MAX_EPOCH)"]),
+    ("PromptSRC", ["TRAINER.PROMPTSRC.GPA_MEAN", str(10 ** 200)], ["TRAINER.PROMPTSRC.GPA_MEAN is 1000",
+                                                                   "puts no weight on epochs 1 .. 1"]),
+    ("PromptSRC", ["TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT", "-1"], ["TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT is -1", ">= 0"]),
+    ("PromptSRC", ["TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT", "-10"], ["TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT is -10"]),
 ])
 def test_trainer_config_values_are_refused_before_anything(world, untouched, tmp_path, capsys, trainer, opts,
                                                           fragments):
@@ -543,3 +552,97 @@ def test_ctrl_c_before_training_starts_is_one_line(world, untouched, tmp_path, c
     assert code == 130 and "Traceback" not in err
     assert printed.splitlines()[-1] == "Interrupted (Ctrl-C); rerun the same command to continue"
     assert (out / "log.txt").read_text().splitlines()[-1] == printed.splitlines()[-1]
+
+
+# --- third round: the legacy-checkpoint reader and twenty more one-line refusals ---
+
+def outside(tmp_path, run):
+    """Every file under tmp_path but the run folder's, hashed: what a run may not write."""
+    return {name: digest for name, digest in snapshot(tmp_path).items() if not name.startswith(f"{run.name}/")}
+
+
+def resumable_copy(finished, run):
+    """The finished one-epoch MuPL run copied to ``run``, to be resumed for a second epoch."""
+    shutil.copytree(finished[0], run)
+    (run / ".run.lock").unlink(missing_ok=True)
+    return run / "prompt_learner"
+
+
+def test_a_text_file_as_the_newest_checkpoint_falls_back_to_the_previous_one(world, finished, untouched,
+                                                                            tmp_path, capsys):
+    folder = resumable_copy(finished, tmp_path / "run")
+    (folder / "model.pth.tar-2").write_text("epoch: 2\nnotes: see model.pth.tar-1\n")
+    (folder / "checkpoint").write_text("model.pth.tar-2\n")
+    before = outside(tmp_path, tmp_path / "run")
+    code, out, err = run_main(capsys, *args_for(world, tmp_path / "run"), "OPTIM.MAX_EPOCH", 2)
+    assert code == 0, err
+    assert f'Warning: Refusing to load "{folder / "model.pth.tar-2"}": it is not a checkpoint' in out
+    assert "trying the previous checkpoint" in out and "Resumed from epoch 1" in out and "epoch [2/2]" in out
+    assert outside(tmp_path, tmp_path / "run") == before
+
+
+def test_a_dict_under_the_dassl_successors_step_leaves_the_schedule_running(world, finished, untouched, tmp_path,
+                                                                          capsys):
+    """A Dassl.pytorch checkpoint whose pickled successor scheduler holds ``step`` = defaultdict: the resumed
+    run's schedule advances and the checkpoint it writes loads again."""
+    folder = tmp_path / "run" / "prompt_learner"
+    ours = load_checkpoint(str(finished[0] / "prompt_learner" / "model.pth.tar-1"))
+    path = write_dassl_pytorch_checkpoint(folder / "model.pth.tar-1", ours["state_dict"], epoch=1)
+    raw = torch.load(path, weights_only=False)  # the test's own file
+    raw["scheduler"]["successor"].step = defaultdict(dict)
+    torch.save(raw, path)
+    before = outside(tmp_path, tmp_path / "run")
+    code, out, err = run_main(capsys, *args_for(world, tmp_path / "run"), "OPTIM.MAX_EPOCH", 2)
+    assert code == 0, err
+    assert "Resumed from epoch 1" in out
+    written = check_checkpoint(load_checkpoint(str(folder / "model.pth.tar-2")), "written")
+    assert written["scheduler"]["successor"]["last_epoch"] == 1 and "step" not in written["scheduler"]["successor"]
+    assert outside(tmp_path, tmp_path / "run") == before
+
+
+def test_a_dassl_run_without_warmup_resumed_by_a_recipe_with_one_is_one_line(world, finished, untouched, tmp_path,
+                                                                             capsys):
+    """Dassl.pytorch's plain cosine scheduler state (no successor) under MuPL's warm-up recipe: exit 1, the
+    line naming the file and the fix, the checkpoint as it was."""
+    folder = tmp_path / "run" / "prompt_learner"
+    ours = load_checkpoint(str(finished[0] / "prompt_learner" / "model.pth.tar-1"))
+    path = write_dassl_pytorch_checkpoint(folder / "model.pth.tar-1", ours["state_dict"], epoch=1)
+    raw = torch.load(path, weights_only=False)  # the test's own file
+    raw["scheduler"] = LRScheduler.state_dict(raw["scheduler"]["successor"])
+    torch.save(raw, path)
+    before = snapshot(folder)
+    code, _, err = run_main(capsys, *args_for(world, tmp_path / "run"), "OPTIM.MAX_EPOCH", 2)
+    assert code == 1
+    assert_one_line(err, f'"{path}": its LR schedule lacks a warm-up and this run\'s has one',
+                    "OPTIM.WARMUP_EPOCH", out=tmp_path / "run")
+    assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("weights, fragments", [
+    ("missing-key", ["is not a complete CLIP state dict: it lacks 1 of CLIP's keys (visual.layer1.0.conv1.weight)"]),
+    ("projection-only", ["it lacks 5 of CLIP's keys (ln_final.weight, positional_embedding", "download the weights"]),
+])
+def test_clip_weights_without_some_keys_name_the_file_and_the_keys(world, untouched, tmp_path, capsys, weights,
+                                                                   fragments):
+    state = tiny_state_dict("rn")
+    if weights == "missing-key":
+        del state["visual.layer1.0.conv1.weight"]
+    else:
+        state = {"text_projection": state["text_projection"]}
+    path = tmp_path / f"{weights}.pt"
+    torch.save(state, path)
+    out = tmp_path / "o"
+    code, _, err = run_main(capsys, *args_for(world, out), "MODEL.BACKBONE.NAME", path)
+    assert code == 1
+    assert_one_line(err, str(path), *fragments, out=out)
+
+
+def test_a_dataset_entry_that_is_a_folder_is_one_line(world, untouched, tmp_path, capsys):
+    folder = make_fake_oxford_pets(tmp_path / "data", n_train=1, n_val=1, n_test=1)
+    victim = sorted((folder / "images").iterdir())[0]
+    victim.unlink()
+    victim.mkdir()
+    out = tmp_path / "o"
+    code, _, err = run_main(capsys, *args_for(world, out, data=tmp_path / "data"))
+    assert code == 1
+    assert_one_line(err, "1 of 12 images listed in", f"(the first, {victim}, is a folder, not an image)", out=out)

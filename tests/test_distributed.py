@@ -19,6 +19,7 @@ from clip.tiny import save_tiny_clip
 from dassl.data.samplers import ShardSampler
 from dassl.engine import distributed
 from tests.helpers import make_tiny_folders
+from tools import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -149,8 +150,9 @@ def test_only_rank_0_prints_and_writes(runs, trainer):
     for line in ("Finish training", "=> result", "Checkpoint saved to", "epoch [1/1] batch [1/1]"):
         assert run.stdout.count(line) == 1, line
     assert "warning" not in run.stderr.lower() and "[rank" not in run.stderr
-    expected = [".run.lock", "log.txt", CHECKPOINT_DIRS[trainer], "tensorboard"]  # .run.lock: rank 0's run lock
+    expected = [".run.lock", "log.txt", "run.json", CHECKPOINT_DIRS[trainer], "tensorboard"]  # rank 0's lock, record
     assert sorted(p.name for p in run.out.iterdir()) == sorted(expected)
+    assert provenance.read_record(run.out)["status"] == "finished"
     assert result_block(run.stdout) == result_block((run.out / "log.txt").read_text())
 
 

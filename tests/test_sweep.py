@@ -17,7 +17,8 @@ from parse_test_res import read_run_result
 from tests.fake_trees import make_fake_oxford_pets
 from tools.sweep import cli
 from tools.sweep.estimate import PUBLISHED_SECONDS_PER_IMAGE, TEST_IMAGE_SHARE, Estimator
-from tools.sweep.jobs import Job, Settings
+from tools.sweep.jobs import Job, Settings, SweepError
+from tools.sweep.ledger import Ledger
 from tools.sweep.local import LocalQueue, slots_for
 from tools.sweep.progress import DONE
 
@@ -249,3 +250,81 @@ def test_gpu_slots_give_each_running_job_its_own_gpus(tmp_path, capsys):
     states = LocalQueue(jobs, Settings({"OUTPUT": str(tmp_path)}, str(tmp_path / "sweep")), slots).run()
     assert states == {n: DONE for n in range(4)}, capsys.readouterr().out
     assert sorted((tmp_path / "used").read_text().split()) == ["0,1", "0,1", "2,3", "2,3"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "-1"], "argument --seeds: -1 is not a whole number >= 0 (train.py reads a negative seed as"),
+    (["--gpus", "0,abc"], "--gpus 0,abc: give distinct GPU ids as CUDA_VISIBLE_DEVICES takes them"),
+    (["--launcher", "slurm", "--time", "2h"], "--time 2h: give minutes (240) or DATASET=MINUTES (imagenet=720)"),
+    (["--launcher", "slurm", "--sbatch", "array=0-3"], "--sbatch array=0-3: the sweep sets --array itself"),
+    (["--launcher", "slurm", "--cpus-per-job", "0"], "argument --cpus-per-job: 0 is not a whole number >= 1"),
+])
+def test_bad_values_are_refused_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.parse(["base2new", "--trainers", "CoCoOp", *argv])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in err.splitlines()[-1], err
+
+
+def slurm_dry_run(monkeypatch, capsys, root, data, output, *extra):
+    """A Slurm --dry-run in this process, on a partition of 2 CPUs and 4 GPUs (what sinfo would say)."""
+    offer = {"name": "gpu", "cpus": 2, "gpus": 4, "mem_mb": 64000, "minutes": 2880}
+    monkeypatch.setattr(cli, "partition_offer", lambda partition: offer)
+    for key, value in dict(environment(root, output), DATA=str(data)).items():
+        monkeypatch.setenv(key, value)
+    code = cli.main(["base2new", "--trainers", "CoCoOp", "--seeds", "1", "--launcher", "slurm", "--dry-run",
+                     "--cpus-per-job", "2", *extra])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_ledger_that_is_not_one_is_named_in_one_line(inputs, tmp_path, monkeypatch, capsys):
+    root, opts = inputs
+    output = tmp_path / "output"
+    ledger = output / "sweep" / "slurm_jobs.json"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text('{"a": "1",')                      # cut short by a full disk, say
+    code, out, err = slurm_dry_run(monkeypatch, capsys, root, root / "data", output, "--datasets", "oxford_pets", *opts)
+    assert code == 2 and err.count("\n") == 1, out + err
+    assert err.startswith(f"tools.sweep: error: {ledger} cannot be read as the sweep's job ledger (Expecting")
+    ledger.write_text('["a", "b"]')
+    with pytest.raises(SweepError, match=rf"^{re.escape(str(ledger))} is not the sweep's job ledger .*found list"):
+        Ledger(str(ledger)).read()
+    assert ledger.read_text() == '["a", "b"]'            # left as it was
+
+
+def test_a_slurm_dry_run_shows_each_submission_its_time_limit_and_the_cost_per_trainer_and_dataset(
+        inputs, tmp_path, monkeypatch, capsys):
+    root, opts = inputs
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "oxford_pets").symlink_to(root / "data" / "oxford_pets")
+    code, out, err = slurm_dry_run(monkeypatch, capsys, root, data, tmp_path / "output", "--datasets", "oxford_pets",
+                                   "caltech101", "--time", "caltech101=90", *opts)
+    assert code == 2 and "DATA=" in err and "lacks what the sweep needs: caltech101 (caltech-101/)" in err, out + err
+    (data / "caltech-101").mkdir()
+    monkeypatch.setenv("CLIP_CACHE_DIR", str(tmp_path / "empty_cache"))
+    code, out, err = slurm_dry_run(monkeypatch, capsys, root, data, tmp_path / "output", "--datasets", "oxford_pets",
+                                   *opts, "MODEL.BACKBONE.NAME", "ViT-B/16")
+    assert code == 2 and f"CLIP weights ViT-B/16 are not in the cache ({tmp_path}/empty_cache/ViT-B-16.pt)" in err
+    code, out, err = slurm_dry_run(monkeypatch, capsys, root, data, tmp_path / "output", "--datasets", "oxford_pets",
+                                   "caltech101", "--time", "caltech101=90", *opts)
+    assert code == 0, out + err
+    assert "  per trainer: CoCoOp " in out and re.search(r"  per dataset: caltech101 [\d.]+, oxford_pets [\d.]+", out)
+    assert "Slurm partition gpu: nodes of up to 2 CPUs, 4 GPUs, 62 GB; 2880 min (sinfo)" in out
+    arrays = out.split("Slurm submissions (4), each job asking for 1 GPUs, 2 CPUs:\n")[1].splitlines()
+    # the trainings share no array: one gets --time caltech101=90, the other a limit from its estimate
+    assert re.fullmatch(r"  job b2n-CoCoOp-oxford_pets-s1: time limit 30 min, longest estimate 0:0\d:\d\d", arrays[0])
+    assert re.fullmatch(r"  job b2n-CoCoOp-caltech101-s1: time limit 90 min, longest estimate [\d:]+", arrays[1])
+    assert arrays[2].endswith(f", after base2new/train_base/oxford_pets/shots_2/CoCoOp/{CFG}/seed1")
+
+
+def test_the_eta_is_unknown_when_nothing_estimates_the_jobs_left(tmp_path, inputs):
+    """A dataset of unknown size: no ETA rather than 0:00:00."""
+    _, opts = inputs
+    job = StandInJob("true", tmp_path / "job")
+    job.kind = "eval"
+    settings = Settings(environment(*inputs[:1], tmp_path), str(tmp_path / "sweep"))
+    queue = LocalQueue([job], settings, slots_for(slots=1), Estimator([job], opts, settings))
+    assert queue.eta() is None
+    assert queue.progress.status({}, queue.eta()).endswith("0/1 finished | ETA unknown")

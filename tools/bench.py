@@ -3,6 +3,7 @@
     python -m tools.bench                          # ViT-B/16 shapes, C = 19, 100, 1000, each recipe's batch
     python -m tools.bench --quick                  # C = 19, 2 repeats: minutes on a CPU
     python -m tools.bench --quick --backbone tiny  # tiny widths at CLIP's 12 layers (clip/tiny.py): seconds
+    python -m tools.bench --backbone ViT-L-14      # an open_clip architecture's shapes (ViT-H-14, RN50x4, ...)
 
 Each method is its registered trainer, built as train.py builds it from the trainer's default recipe
 (``configs/trainers/<T>/default_cfg.txt``: prompt sizes and depths, optimiser, batch size), with class
@@ -12,10 +13,10 @@ inference is its ``model_inference``.
 
 A method's reference design is the official code's path: the same trainer and model (same parameters)
 with two paths swapped by ``reference_path``. Text: each image's C class prompts through CLIP's tower at
-all 77 tokens, deep text prompts replacing positions 1..n at the input of layers 1..J-1, one tower call
-per image as CoCoOp's loop makes it (one per step where the prompts do not depend on the image); images:
-CLIP's full last block in every image tower, although only the class token is read. Logits and every
-loss term of both designs are checked equal before anything is timed.
+all 77 tokens (the model's context length), deep text prompts replacing positions 1..n at the input of
+layers 1..J-1, one tower call per image as CoCoOp's loop makes it (one per step where the prompts do not
+depend on the image); images: CLIP's full last block in every image tower, although only the class token
+is read. Logits and every loss term of both designs are checked equal before anything is timed.
 
 Peak memory is a configuration's (method, C, batch, train or infer) working memory: its peak over what is
 resident just before its warm-up runs, so neither the model build nor another configuration counts. GPU:
@@ -49,6 +50,13 @@ from torch.utils.flop_counter import FlopCounterMode
 import plugins
 import train
 from clip.model import CLIP, VisionTransformer, build_model
+from clip.open_clip_models import (
+    OpenCLIPError,
+    architecture,
+    build_from_open_clip,
+    check_clip_architecture,
+    import_open_clip,
+)
 from clip.tiny import build_tiny_clip
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import atomic_write
@@ -85,11 +93,29 @@ def class_names(count):
 
 
 def random_clip(backbone):
-    """An fp16 CLIP with seeded random weights: ViT-B/16's shapes, or the tiny CLIP's widths at 12 layers."""
+    """An fp16 CLIP with seeded random weights: ViT-B/16's shapes, the tiny CLIP's widths at 12 layers, or
+    an open_clip architecture's (widths, layers, patch, image size, context length, activation)."""
     torch.manual_seed(0)
     if backbone == "tiny":
         return build_tiny_clip("vit", **TINY_DEPTH)
-    return build_model(CLIP(**VIT_B16).state_dict())
+    if backbone == "vit_b16":
+        return build_model(CLIP(**VIT_B16).state_dict())
+    model_cfg = import_open_clip(backbone).get_model_config(backbone)
+    if model_cfg is None:
+        raise SystemExit(f"bench: --backbone {backbone} is none of vit_b16, tiny or an open_clip architecture "
+                         "(open_clip.list_models())")
+    try:
+        check_clip_architecture(model_cfg, backbone)
+    except OpenCLIPError as error:
+        raise SystemExit(f"bench: {error}") from None
+    quick_gelu = bool(model_cfg.get("quick_gelu"))
+    return build_from_open_clip(CLIP(**architecture(model_cfg, quick_gelu)).state_dict(), model_cfg, quick_gelu)
+
+
+def backbone_name(backbone, weights):
+    """MODEL.BACKBONE.NAME of the bench's weights file: the file itself, or ``ARCH/path`` for an open_clip
+    architecture, so the trainers build its architecture (head widths, activation) as for its real weights."""
+    return weights if backbone in ("vit_b16", "tiny") else f"{backbone}/{weights}"
 
 
 def build_clip(backbone, prec):
@@ -188,13 +214,14 @@ def recipe_file(trainer):
     return folder / f"{(folder / 'default_cfg.txt').read_text().strip()}.yaml"
 
 
-def recipe_cfg(trainer, weights, resolution, cpu, prec=None):
-    """train.py's config for the trainer's default recipe, with the bench's CLIP weights file and its input
-    resolution."""
+def recipe_cfg(trainer, weights, resolution, cpu, prec=None, extra=()):
+    """train.py's config for the trainer's default recipe, with the bench's CLIP weights (a file, or
+    ``ARCH/path``) and its input resolution; ``extra``: more ``KEY VALUE`` options (last)."""
     modules = plugins.import_plugins()  # registers every trainer
     opts = ["MODEL.BACKBONE.NAME", weights, "INPUT.SIZE", f"({resolution}, {resolution})", "USE_CUDA", str(not cpu)]
     if prec:
         opts += [f"TRAINER.{TRAINER_REGISTRY.get(trainer).CFG_NODE}.PREC", prec]
+    opts += [str(value) for value in extra]
     args = train.build_parser().parse_args(["--trainer", trainer, "--dataset-config-file", str(REPO / DATASET_CONFIG),
                                             "--config-file", str(recipe_file(trainer)), *opts])
     return train.setup_cfg(args, modules)
@@ -324,8 +351,8 @@ def run(args):
     resolution = clip_model.visual.input_resolution
     rows, device = [], None
     with tempfile.TemporaryDirectory() as folder:
-        weights = os.path.join(folder, "clip.pt")
-        torch.save(clip_model.state_dict(), weights)
+        weights = backbone_name(args.backbone, os.path.join(folder, "clip.pt"))
+        torch.save(clip_model.state_dict(), os.path.join(folder, "clip.pt"))
         del clip_model
         cfgs = {t: recipe_cfg(t, weights, resolution, args.cpu, args.prec) for t in trainers_needed}
         for n_cls in args.classes:
@@ -418,8 +445,10 @@ def cpu_model():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="defaults C = 19, 2 repeats")
-    parser.add_argument("--backbone", default="vit_b16", choices=["vit_b16", "tiny"],
-                        help="ViT-B/16 shapes, or the tiny test CLIP's widths (clip/tiny.py) at 12 layers")
+    parser.add_argument("--backbone", default="vit_b16",
+                        help="vit_b16: ViT-B/16 shapes; tiny: the tiny test CLIP's widths (clip/tiny.py) at 12 "
+                             "layers; or an open_clip architecture of CLIP's kind (ViT-L-14, ViT-H-14, ...): its "
+                             "shapes, GELU or QuickGELU")
     parser.add_argument("--classes", type=int, nargs="+", help="default 19 100 1000")
     parser.add_argument("--batch", type=int, nargs="+", help="images per step, for every method (default: each "
                                                              "trainer's recipe, DATALOADER.TRAIN_X.BATCH_SIZE)")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 import clip
+from clip.open_clip_models import is_open_clip_name, open_clip_spec
 from clip.prompting import ClassPrompts, TextEncoder
 from clip.simple_tokenizer import get_tokenizer
 from dassl.config import get_cfg_default
@@ -86,12 +87,27 @@ def check_input_size(cfg, resolution, source):
                                f"resolution of {source}")
 
 
+def check_open_clip_inputs(cfg):
+    """An open_clip model has its own image size, mean and std: the dataset transforms (INPUT.SIZE,
+    INPUT.PIXEL_MEAN, INPUT.PIXEL_STD) must be them. Known from its name, before any weights are read."""
+    name = cfg.MODEL.BACKBONE.NAME
+    if not is_open_clip_name(name):
+        return
+    spec = open_clip_spec(name, clip_cache_dir(cfg))
+    check_input_size(cfg, spec.image_size, name)
+    for key, expected in (("PIXEL_MEAN", spec.mean), ("PIXEL_STD", spec.std)):
+        given = [float(value) for value in cfg.INPUT[key]]
+        if len(given) != len(expected) or any(abs(a - b) > 1e-6 for a, b in zip(given, expected)):
+            raise BackboneMismatch(f"INPUT.{key} is {given}; allowed: {list(expected)}, the image statistics "
+                                   f"{name} was trained with")
+
+
 def load_clip_to_cpu(cfg):
-    """An fp16 CLIP in eval mode, from a ``clip._MODELS`` name or a path to a weights file."""
+    """An fp16 CLIP in eval mode, from a ``clip._MODELS`` name, a path to a weights file or an open_clip name."""
     name = cfg.MODEL.BACKBONE.NAME
     print(f"Loading CLIP (backbone: {name})")
-    state_dict = clip.load_state_dict_from(name, download_root=clip_cache_dir(cfg))
-    clip_model = clip.build_model(state_dict)
+    check_open_clip_inputs(cfg)
+    clip_model = clip.load_clip_model(name, download_root=clip_cache_dir(cfg))
     check_input_size(cfg, clip_model.visual.input_resolution, name)  # a weights file: known only now
     return clip_model
 
@@ -179,6 +195,7 @@ class PromptTrainer(TrainerX):
         """Refuse, before anything is built or written, config values this trainer cannot run: one
         ValueError naming the key, the value and what is allowed. train.py calls it first; subclasses
         extend it (``super().validate_cfg(cfg)``)."""
+        check_open_clip_inputs(cfg)
         node = cfg.TRAINER[cls.CFG_NODE]
         if node.PREC not in PRECISIONS:
             raise ValueError(f"TRAINER.{cls.CFG_NODE}.PREC is {node.PREC!r}; choose one of {', '.join(PRECISIONS)}")
@@ -414,7 +431,8 @@ class TemplateTextFeatures(torch.nn.Module):
         names = [name.replace("_", " ") for name in classnames]
         total = 0
         for template in self.templates:
-            tokens = clip.tokenize([template.format(name) for name in names]).to(device)
+            tokens = clip.tokenize([template.format(name) for name in names],
+                                   text_encoder.positional_embedding.shape[0]).to(device)
             with torch.autocast(device_type=device.type, enabled=False):
                 total = total + torch.cat([
                     text_encoder(token_embedding(chunk), chunk.argmax(dim=-1)).float()

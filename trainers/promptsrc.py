@@ -5,6 +5,9 @@ L1 between the prompted and the hand-written (60-template) text features, L1 bet
 plain image features, and KL(zero-shot || prompted) over the logits. After training, the deployed prompts
 are the Gaussian-weighted average of the prompts at each epoch's end (``prompt_averaging``).
 """
+import math
+import reprlib
+
 import torch
 import torch.nn.functional as F
 
@@ -13,7 +16,7 @@ from dassl.engine import TRAINER_REGISTRY
 from .common import TemplateTextFeatures, declare_trainer_node
 from .ivlp import IVLP, IndependentPromptsCLIP
 from .official_draws import clip_construction
-from .prompt_averaging import GaussianPromptAverage
+from .prompt_averaging import GaussianPromptAverage, gaussian_epoch_weights
 from .templates import PROMPTSRC_TEMPLATES
 
 
@@ -21,6 +24,14 @@ def extend_cfg(cfg):
     declare_trainer_node(cfg, "PROMPTSRC", N_CTX_VISION=4, N_CTX_TEXT=4, CTX_INIT="a photo of a", PREC="fp16",
                          PROMPT_DEPTH_VISION=9, PROMPT_DEPTH_TEXT=9, TEXT_LOSS_WEIGHT=25, IMAGE_LOSS_WEIGHT=10,
                          GPA_MEAN=15, GPA_STD=1)
+
+
+def finite(value):
+    """``math.isfinite`` that also says False for an int too large for a float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def kl_to_zero_shot(logits, zero_shot_logits):
@@ -63,8 +74,24 @@ class PromptSRC(IVLP):
     def validate_cfg(cls, cfg):
         super().validate_cfg(cfg)
         node = cfg.TRAINER.PROMPTSRC
-        if node.GPA_STD <= 0:
+        for key in ("TEXT_LOSS_WEIGHT", "IMAGE_LOSS_WEIGHT"):
+            if not (finite(node[key]) and node[key] >= 0):
+                raise ValueError(f"TRAINER.PROMPTSRC.{key} is {reprlib.repr(node[key])}; the weight of a "
+                                 "regularising loss must be a finite number >= 0 (the official recipe: text 25, "
+                                 "image 10)")
+        if not (finite(node.GPA_STD) and node.GPA_STD > 0):
             raise ValueError(f"TRAINER.PROMPTSRC.GPA_STD is {node.GPA_STD}; use a positive standard deviation")
+        if cfg.OPTIM.MAX_EPOCH >= 1:  # the Gaussian must put weight on the epochs trained
+            try:
+                weights = gaussian_epoch_weights(cfg.OPTIM.MAX_EPOCH, node.GPA_MEAN, node.GPA_STD)
+            except (ValueError, OverflowError):
+                weights = [math.nan]
+            if not all(map(finite, weights)):
+                raise ValueError(
+                    f"TRAINER.PROMPTSRC.GPA_MEAN is {reprlib.repr(node.GPA_MEAN)}: with GPA_STD {node.GPA_STD} it "
+                    f"puts no weight on epochs 1 .. {cfg.OPTIM.MAX_EPOCH} (OPTIM.MAX_EPOCH); choose a mean near "
+                    "them (the official recipe: 15 of 20 epochs) or a wider GPA_STD"
+                )
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         node = cfg.TRAINER.PROMPTSRC

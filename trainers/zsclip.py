@@ -7,6 +7,7 @@ from .common import (
     TemplateTextFeatures,
     autocast_context,
     cast_clip,
+    check_open_clip_inputs,
     declare_trainer_node,
     effective_precision,
     load_clip_to_cpu,
@@ -39,6 +40,11 @@ class ZeroshotCLIP(TrainerX):
     """Evaluation only (``--eval-only``); nothing is trained, registered or saved."""
 
     LEARNS_WEIGHTS = False
+
+    @classmethod
+    def validate_cfg(cls, cfg):
+        """train.py's check before a run: an open_clip backbone's image size, mean and std."""
+        check_open_clip_inputs(cfg)
 
     def build_model(self):
         cfg = self.cfg

@@ -29,6 +29,7 @@ from dassl.utils import (
     capture_rng_state,
     check_checkpoint,
     load_checkpoint,
+    load_optimizer_and_scheduler,
     mkdir_if_missing,
     restore_rng_state,
     save_checkpoint,
@@ -222,10 +223,7 @@ class TrainerBase:
             print(f'Loading checkpoint from "{path}"')
             self.check_checkpoint_meta(checkpoint.get("meta"), path)
             self.load_state_into(name, checkpoint["state_dict"], path)
-            if self._optims[name] is not None and checkpoint.get("optimizer") is not None:
-                self._optims[name].load_state_dict(checkpoint["optimizer"])
-            if self._scheds[name] is not None and checkpoint.get("scheduler") is not None:
-                self._scheds[name].load_state_dict(checkpoint["scheduler"])
+            load_optimizer_and_scheduler(checkpoint, path, self._optims[name], self._scheds[name])
         checkpoint = next(iter(loaded.values()))[1]
         if self.scaler is not None and checkpoint.get("scaler") is not None:
             self.scaler.load_state_dict(checkpoint["scaler"])

@@ -9,6 +9,7 @@ import os.path as osp
 import pickle
 import random
 import shutil
+import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -16,7 +17,8 @@ import torch
 
 from .atomic import atomic_write
 from .distributed import collective_device, is_distributed
-from .legacy_checkpoint import load_weights_only, refused_global
+from .legacy_checkpoint import MalformedCheckpoint, load_weights_only, refused_global
+from .scheduler_state import SchedulerMismatch, checked_state
 
 __all__ = [
     "save_checkpoint",
@@ -28,6 +30,7 @@ __all__ = [
     "restore_rng_state",
     "CheckpointError",
     "check_checkpoint",
+    "load_optimizer_and_scheduler",
 ]
 
 POINTER_FILE = "checkpoint"
@@ -108,13 +111,18 @@ def load_checkpoint(fpath):
         map_location = collective_device()
     try:
         return load_weights_only(fpath, map_location)
+    except MalformedCheckpoint as error:
+        raise CheckpointError(
+            f'Refusing to load "{fpath}": {error} (no training run of this project or of Dassl.pytorch writes '
+            "such a file); nothing in it was run. Use the checkpoint the training run wrote"
+        ) from None
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f'Refusing to load "{fpath}": it holds a pickled {refused_global(error)}, which no checkpoint of '
             "this project or of Dassl.pytorch contains; nothing in it was run. Use the checkpoint the "
             "training run wrote, or re-save the weights as a plain state dict of tensors"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise CheckpointError(f'Checkpoint "{fpath}" is truncated or corrupt: {error}') from error
 
 
@@ -123,9 +131,33 @@ def check_checkpoint(checkpoint, fpath):
     state_dict = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f'"{fpath}" is not a checkpoint: it holds no state_dict of tensors')
-    if not isinstance(checkpoint.get("epoch"), int):
-        raise CheckpointError(f'"{fpath}" is not a complete checkpoint: its epoch is missing')
+    epoch = checkpoint.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise CheckpointError(f'"{fpath}" is not a complete checkpoint: its epoch is missing (or not a count)')
+    val_result = checkpoint.get("val_result")
+    if val_result is not None and (isinstance(val_result, bool) or not isinstance(val_result, (int, float))):
+        raise CheckpointError(f'"{fpath}" is not a checkpoint of a training run: its val_result is a '
+                              f"{type(val_result).__name__}, not a number")
     return checkpoint
+
+
+def load_optimizer_and_scheduler(checkpoint, fpath, optimizer, scheduler):
+    """The optimizer's and scheduler's states from a checkpoint; the scheduler's only through its own
+    keys, types and ranges (``scheduler_state``), so no value read can replace one of its methods."""
+    if optimizer is not None and checkpoint.get("optimizer") is not None:
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, KeyError, TypeError) as error:
+            reason = " ".join(str(error).split())
+            raise CheckpointError(f'"{fpath}": its optimizer state does not fit this run\'s optimizer ({reason}); '
+                                  "use the checkpoint the training run wrote") from None
+        print("Loaded optimizer")
+    if scheduler is not None and checkpoint.get("scheduler") is not None:
+        try:
+            scheduler.load_state_dict(checked_state(checkpoint["scheduler"], scheduler.state_dict()))
+        except SchedulerMismatch as error:
+            raise CheckpointError(f'"{fpath}": {error}') from None
+        print("Loaded scheduler")
 
 
 def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
@@ -137,12 +169,7 @@ def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
     checkpoint = load_checkpoint(fpath)
     model.load_state_dict(checkpoint["state_dict"])
     print("Loaded model weights")
-    if optimizer is not None and checkpoint.get("optimizer") is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        print("Loaded optimizer")
-    if scheduler is not None and checkpoint.get("scheduler") is not None:
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        print("Loaded scheduler")
+    load_optimizer_and_scheduler(checkpoint, fpath, optimizer, scheduler)
     start_epoch = checkpoint["epoch"]
     print(f"Previous epoch: {start_epoch}")
     return start_epoch

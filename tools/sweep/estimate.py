@@ -122,3 +122,16 @@ class Estimator:
         if unknown:
             lines.append(f"  {unknown} not counted: datasets of unknown size")
         return lines
+
+    def breakdown(self, jobs, gpus_per_job=1):
+        """Lines with the GPU-hours of ``jobs`` per trainer and per dataset (the counted jobs only)."""
+        lines = []
+        for title, key in (("trainer", lambda job: job.trainer), ("dataset", lambda job: job.dataset)):
+            hours = defaultdict(float)
+            for job in jobs:
+                seconds = self.seconds(job)[0]
+                if seconds is not None:
+                    hours[key(job)] += seconds * gpus_per_job / 3600
+            lines.append(f"  per {title}: " + ", ".join(f"{name} {value:.1f}" for name, value in
+                                                        sorted(hours.items(), key=lambda item: -item[1])))
+        return lines

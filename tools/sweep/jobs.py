@@ -23,12 +23,18 @@ DEFAULT_DATASETS = {"base2new": list(BASE2NEW_DATASETS), "fewshot": list(BASE2NE
                     "xd": list(XD_TARGETS), "dg": list(DG_TARGETS)}
 SOURCE_DATASET = "imagenet"   # what xd_train.sh trains on
 
-# Plan states, as the scripts report them (finished / resume / start), and as the sweep sees them.
+# Plan states, as the scripts report them (finished / stale / resume / start), and as the sweep sees them.
 FINISHED, RESUME, START = "finished", "resume", "start"
-RERUN = "rerun"               # --force: an existing folder is moved aside first
+STALE = "stale"               # made by another config, weights, split, few-shot list, model or code
+UNKNOWN = "unknown"           # the provenance of a finished run without run.json (kept, never refused)
+RERUN = "rerun"               # --force, or --rerun-stale for a stale run: moved aside first
 HELD = "held"                 # a live process holds the run folder's lock
 QUEUED = "queued"             # in the Slurm queue already (an earlier sweep submitted it)
 TO_RUN = (RESUME, START, RERUN)
+
+
+# The scripts' switches for stale runs (--rerun-stale, --allow-code-change), which the sweep sets for its jobs.
+PROVENANCE_SWITCHES = ("RERUN_STALE", "ALLOW_CODE_CHANGE")
 
 
 class SweepError(RuntimeError):
@@ -70,6 +76,8 @@ class Job:
     kind: str = "train"         # "train" or "eval" (an --eval-only run)
     state: str = START
     holder: str = ""            # who holds the run folder, when HELD
+    provenance: str = ""        # of an existing run: same, unknown (no run.json) or stale
+    differs: str = ""           # what differs, when stale
     deps: list = field(default_factory=list)   # indices of the jobs that must finish first
     name: str = ""              # the run folder, relative to OUTPUT
 
@@ -78,7 +86,8 @@ class Job:
 
     def display(self, settings):
         """The command as one copy-pasteable shell line (from the repository root), with its environment."""
-        env = " ".join(f"{key}={shlex.quote(settings.env[key])}" for key in ("DATA", "OUTPUT", "SHOTS"))
+        env = " ".join(f"{key}={shlex.quote(settings.env[key])}" for key in ("DATA", "OUTPUT", "SHOTS")
+                       + PROVENANCE_SWITCHES if settings.env.get(key, "0") != "0")
         script = ["bash", f"scripts/{self.script}", *(["--force"] if settings.force else []), *self.args]
         return f"{env} {shlex.join(script)}"
 
@@ -120,6 +129,7 @@ def ask_script(job, settings):
         raise SweepError(f"scripts/{job.script} {shlex.join(job.args)}: {result.stderr.strip()}")
     plan = dict(line.split("\t", 1) for line in result.stdout.splitlines() if "\t" in line)
     job.run_dir, job.needs, job.kind, job.state = plan["run_dir"], plan["needs"], plan["kind"], plan["state"]
+    job.provenance, job.differs = plan.get("provenance", ""), plan.get("differs", "")
     job.name = osp.relpath(job.run_dir, settings.env["OUTPUT"])
     return job
 
@@ -142,13 +152,24 @@ def link(jobs, force):
             job.deps = [source]
 
 
-def mark_states(jobs, force):
-    """HELD where a live process holds the folder; with --force every existing run is rerun."""
+def mark_stale_evaluations(jobs):
+    """A finished evaluation of a model whose training is stale is stale too: that model is retrained."""
+    by_dir = {job.run_dir: job for job in jobs}
+    for job in jobs:
+        source = by_dir.get(job.needs)
+        if job.state == FINISHED and source is not None and source.state == STALE:
+            job.state, job.differs = STALE, "model (its training run is stale)"
+
+
+def mark_states(jobs, force, rerun_stale=False):
+    """HELD where a live process holds the folder; with --force every existing run is rerun, with
+    --rerun-stale every stale one."""
+    mark_stale_evaluations(jobs)
     for job in jobs:
         holder = folder_in_use(job.run_dir)
         if holder:
             job.state, job.holder = HELD, holder
-        elif force and job.state != START:
+        elif (force and job.state != START) or (rerun_stale and job.state == STALE):
             job.state = RERUN
 
 
@@ -169,7 +190,7 @@ def plan(benchmark, trainers, configs, datasets, seeds, shot_list, opts, setting
         unique.setdefault(job.run_dir, job)
     jobs = list(unique.values())
     link(jobs, settings.force)
-    mark_states(jobs, settings.force)
+    mark_states(jobs, settings.force, settings.env.get("RERUN_STALE") == "1")
     return jobs
 
 

@@ -42,7 +42,7 @@ class LocalQueue:
         self.running = {}          # slot -> (job index, process, start time)
         self.durations = {}        # job index -> seconds, for the jobs this sweep ran
         self.stop_signal = None
-        self.progress = Progress(len(jobs), stream)
+        self.progress = Progress(len(jobs), stream, with_eta=True)
         self._held_checked = 0.0
 
     def run(self):
@@ -149,7 +149,8 @@ class LocalQueue:
 
     def eta(self):
         """Seconds until the queue is empty: the estimates of what is left, scaled by how the jobs this
-        sweep finished compared with their own estimates, over the slots."""
+        sweep finished compared with their own estimates, over the slots; None when a job left has no
+        estimate (a dataset of unknown size): an ETA without it would be a guess."""
         if self.estimator is None:
             return None
         estimates = {index: self.estimator.seconds(self.jobs[index])[0] for index, state in self.states.items()
@@ -159,8 +160,10 @@ class LocalQueue:
         left = 0.0
         running = {index: started for index, _, started in self.running.values()}
         for index, estimate in estimates.items():
-            if estimate is None or index in self.durations:
+            if index in self.durations:
                 continue
+            if estimate is None:
+                return None
             spent = time.monotonic() - running[index] if index in running else 0.0
             left += max(estimate * scale - spent, 0.0)
         return left / len(self.slots)

@@ -2,6 +2,7 @@
 terminal, a line per event otherwise (logs, CI); and at the end what failed, with its command and the
 tail of its log."""
 import datetime
+import os
 import sys
 import time
 
@@ -28,8 +29,9 @@ def clock(seconds):
 
 
 class Progress:
-    def __init__(self, total, stream=None):
+    def __init__(self, total, stream=None, with_eta=False):
         self.total = total
+        self.with_eta = with_eta      # an ETA, or "ETA unknown" when there is nothing to estimate it from
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
         self.started = time.monotonic()
@@ -40,7 +42,9 @@ class Progress:
         parts = [f"{counts.get(DONE, 0)}/{self.total} finished"]
         parts += [f"{counts[state]} {state}" for state in ORDER[1:] if counts.get(state)]
         line = f"[{clock(time.monotonic() - self.started)}] " + ", ".join(parts)
-        return line + (f" | ETA {clock(eta)}" if eta is not None else "")
+        if eta is not None:
+            return f"{line} | ETA {clock(eta)}"
+        return line + (" | ETA unknown" if self.with_eta else "")
 
     def event(self, text, counts, eta=None):
         """A line that stays (a job started, finished, failed), then the status."""
@@ -87,7 +91,8 @@ def summary(jobs, states, details, settings, stream=None):
             if state == FAILED:
                 print(f"  command: {job.display(settings)}", file=stream)
                 log_path = settings.log_file(job)
-                print(f"  log: {log_path}", file=stream)
+                print(f"  log: {log_path}" if os.path.isfile(log_path) else "  log: none (the job never ran)",
+                      file=stream)
                 for line in tail(log_path):
                     print(f"  | {line}", file=stream)
     return counts

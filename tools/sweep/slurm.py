@@ -3,26 +3,31 @@
 Jobs that need nothing go into one array; an evaluation waits for its training with ``afterok`` (and
 ``--kill-on-invalid-dep``, so a failed training cancels it instead of leaving it pending forever); jobs
 that need the same jobs share an array. ``--array-parallelism`` caps the running tasks of each array.
-Every submitted job is recorded in <log dir>/slurm_jobs.json, so the same command again follows the
-jobs still in the queue instead of submitting them twice. Ctrl-C stops following; the jobs stay queued.
+Every submitted job is recorded in <log dir>/slurm_jobs.json as Slurm accepts it (ledger.py), so the
+same command again follows the jobs still in the queue instead of submitting them twice. Ctrl-C stops
+following; the jobs stay queued.
 """
+import contextlib
 import getpass
-import json
+import glob
+import io
+import os
 import os.path as osp
-import shlex
 import subprocess
 import time
 
 import submitit
 
-from tools.report import write_atomic
+from dassl.utils.runlock import read_holder
 
 from . import child
-from .jobs import FINISHED, HELD, QUEUED, REPO, TO_RUN, ask_script
+from .jobs import FINISHED, HELD, QUEUED, TO_RUN, SweepError, ask_script
+from .ledger import Ledger
 from .progress import BLOCKED, DONE, FAILED, RUNNING, WAITING, Progress, count
 from .progress import HELD as HELD_ELSEWHERE
 from .progress import QUEUED as IN_QUEUE
 from .slurm_job import RunFolderHeld, ScriptJob
+from .slurm_options import array_name, executor_parameters, time_limit
 
 # squeue states of a job that is not over (a requeued job is PENDING again, its reason BeginTime).
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
@@ -30,17 +35,38 @@ ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONF
 
 
 def squeue():
-    """{job id: (state, reason)} of this user's jobs that Slurm still lists, array tasks one by one."""
-    result = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%r"],
-                            capture_output=True, text=True, check=True)
-    rows = (line.split("|", 2) for line in result.stdout.splitlines() if line.count("|") == 2)
-    return {job_id: (state, reason) for job_id, state, reason in rows}
+    """{job id: (state, reason, nodes)} of this user's jobs that Slurm still lists, array tasks one by one."""
+    try:
+        result = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%r|%N"],
+                                capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise SweepError(f"squeue, which tells what is queued, fails: {getattr(error, 'stderr', '') or error}"
+                         .strip()) from None
+    rows = (line.split("|", 3) for line in result.stdout.splitlines() if line.count("|") == 3)
+    return {job_id: (state, reason, nodes) for job_id, state, reason, nodes in rows}
+
+
+def hostnames(nodes):
+    """The short host names of a Slurm node list (node[01-03],gpu7)."""
+    if "[" in nodes:
+        nodes = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
+                               check=True).stdout.replace("\n", ",")
+    return {node.split(".")[0] for node in nodes.split(",") if node}
+
+
+def held_by_own_job(job, listed):
+    """Whether the process that holds a job's run folder runs in the Slurm job the ledger names for it
+    (that job is running, on the holder's host): the sweep's own job, to follow, not another's."""
+    holder = read_holder(job.run_dir) or {}
+    host = str(holder.get("host", "")).split(".")[0]
+    return bool(listed) and listed[0] == "RUNNING" and host in hostnames(listed[2])
 
 
 class SlurmQueue:
-    def __init__(self, jobs, settings, options, stream=None):
-        self.jobs, self.settings, self.options = jobs, settings, options
-        self.ledger_path = osp.join(settings.log_dir, "slurm_jobs.json")
+    def __init__(self, jobs, settings, options, estimator=None, stream=None):
+        self.jobs, self.settings, self.options, self.estimator = jobs, settings, options, estimator
+        self.ledger = Ledger(osp.join(settings.log_dir, "slurm_jobs.json"))
+        self.ledger_path = self.ledger.path
         self.slurm_folder = osp.join(settings.log_dir, "slurm", "%j")
         self.ids = {}              # job index -> Slurm job id ("123" or "123_4" for an array task)
         self.states, self.details = {}, {}
@@ -48,69 +74,90 @@ class SlurmQueue:
         self.stop_signal = None
 
     # --- what is queued already ------------------------------------------------------------------
-    def _ledger(self):
-        try:
-            with open(self.ledger_path) as handle:
-                return json.load(handle)
-        except FileNotFoundError:
-            return {}
-
     def mark_queued(self):
-        """Jobs an earlier sweep submitted that are still in the queue: QUEUED, with their ids."""
-        ledger = self._ledger()
+        """Jobs an earlier sweep submitted that are still in the queue: QUEUED, with their ids; a job of
+        ours that is running holds its run folder, and is QUEUED too, not HELD."""
+        ledger = self.ledger.read()
         if not ledger:
             return
         listed = squeue()
         for index, job in enumerate(self.jobs):
             job_id = ledger.get(job.run_dir)
-            if job.state in TO_RUN and job_id and listed.get(job_id, ("",))[0] in ACTIVE:
-                job.state = QUEUED
+            row = listed.get(job_id)
+            if not row or row[0] not in ACTIVE:
+                continue
+            if job.state in TO_RUN or (job.state == HELD and held_by_own_job(job, row)):
+                job.state, job.holder = QUEUED, ""
                 self.ids[index] = job_id
 
     # --- submission ------------------------------------------------------------------------------
-    def _executor(self):
-        options = self.options
-        executor = submitit.SlurmExecutor(folder=self.slurm_folder, max_num_timeout=options.max_requeues)
-        optional = {"partition": options.partition, "account": options.account,
-                    "gpus_per_node": options.gpus_per_job or None, "cpus_per_task": options.cpus_per_job,
-                    "mem": f"{options.mem_gb}GB" if options.mem_gb else None}
-        executor.update_parameters(
-            job_name="mupl-sweep", time=options.time, array_parallelism=options.array_parallelism,
-            signal_delay_s=options.signal_delay, stderr_to_stdout=True,
-            setup=[f"export PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}}"],
-            additional_parameters={"kill-on-invalid-dep": "yes", "requeue": True},
-            **{key: value for key, value in optional.items() if value is not None})
-        return executor
+    def arrays(self):
+        """([(dependency indices, minutes, job indices)], left out): the submissions, in dependency order.
+        Jobs that need the same jobs and get the same time limit share an array (with --max-running,
+        each job is a submission of its own, for its chain); a job that needs a run held by another
+        process is left out (the next sweep submits it)."""
+        placed = set(self.ids)
+        remaining = [index for index, job in enumerate(self.jobs) if job.state in TO_RUN and index not in placed]
+        arrays = []
+        while remaining:
+            ready = [index for index in remaining if all(dep in placed for dep in self.jobs[index].deps)]
+            if not ready:
+                break
+            groups = {}
+            for index in ready:
+                job = self.jobs[index]
+                key = (tuple(job.deps), time_limit(job, self.estimator, self.options))
+                groups.setdefault(key + ((index,) if self.options.max_running else ()), []).append(index)
+            arrays += [(key[0], key[1], members) for key, members in groups.items()]
+            placed.update(ready)
+            remaining = [index for index in remaining if index not in placed]
+        return arrays, remaining
 
     def _call(self, job):
         return ScriptJob(job.command(self.settings.force), self.settings.env, self.settings.log_file(job),
                          job.display(self.settings), self.settings.stop_timeout)
 
     def submit(self):
-        """Submit every job to run, in dependency order; a job that needs a run held by another
-        process is left out (the next sweep submits it)."""
-        executor = self._executor()
-        remaining = [index for index, job in enumerate(self.jobs) if job.state in TO_RUN]
-        ledger = self._ledger()
-        while remaining:
-            ready = [i for i in remaining if all(dep in self.ids for dep in self.jobs[i].deps)]
-            if not ready:
-                break
-            groups = {}
-            for index in ready:
-                groups.setdefault(tuple(self.ids[dep] for dep in self.jobs[index].deps), []).append(index)
-            for needs, members in groups.items():
-                executor.update_parameters(dependency="afterok:" + ":".join(needs) if needs else None)
-                with executor.batch():
-                    submitted = [executor.submit(self._call(self.jobs[index])) for index in members]
-                for index, slurm_job in zip(members, submitted):
-                    self.ids[index] = slurm_job.job_id
-                    ledger[self.jobs[index].run_dir] = slurm_job.job_id
-            write_atomic(self.ledger_path, json.dumps(ledger, indent=1))
-            remaining = [index for index in remaining if index not in self.ids]
-        for index in remaining:
+        """Submit every job to run, each array recorded in the ledger as soon as Slurm accepts it; returns
+        {run name: job id} of the jobs this call submitted. SweepError when an sbatch fails.
+        --max-running N: the jobs go into N chains, each job also waiting (afterany) for the one before
+        it in its chain, so that at most N of them run at once."""
+        executor = submitit.SlurmExecutor(folder=self.slurm_folder, max_num_timeout=self.options.max_requeues)
+        arrays, left_out = self.arrays()
+        submitted = {}
+        chains = [None] * (self.options.max_running or 0)
+        for number, (deps, minutes, members) in enumerate(arrays):
+            needs = ["afterok:" + ":".join(self.ids[dep] for dep in deps)] if deps else []
+            if chains and chains[number % len(chains)]:
+                needs.append(f"afterany:{chains[number % len(chains)]}")
+            executor.update_parameters(dependency=",".join(needs) or None,
+                                       **executor_parameters(self.options, array_name([self.jobs[i] for i in members]),
+                                                             minutes))
+            try:   # submitit prints a failing sbatch's stderr too: the error below says it once
+                with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+                    handles = [executor.submit(self._call(self.jobs[index])) for index in members]
+            except (submitit.core.utils.FailedJobError, OSError) as error:
+                self._remove_unsubmitted()
+                reason = str(error).strip().splitlines()[-1]
+                raise SweepError(f"sbatch failed ({reason}); the {len(submitted)} jobs submitted before it are "
+                                 f"recorded in {self.ledger.path}: rerun the same command to submit the rest") from None
+            ids = {}
+            for index, handle in zip(members, handles):
+                self.ids[index] = submitted[self.jobs[index].name] = ids[self.jobs[index].run_dir] = handle.job_id
+            self.ledger.record(ids)
+            if chains:
+                chains[number % len(chains)] = handles[0].job_id
+        for index in left_out:
             self.states[index], self.details[index] = HELD_ELSEWHERE, "needs a run held by another process"
-        return {self.jobs[index].name: job_id for index, job_id in self.ids.items()}
+        return submitted
+
+    def _remove_unsubmitted(self):
+        """The pickled calls and submission file submitit left for an array that sbatch refused (under the
+        sweep lock no other sweep submits from this folder)."""
+        folder = osp.dirname(self.slurm_folder)
+        for path in glob.glob(osp.join(folder, "*.pkl")) + glob.glob(osp.join(folder, ".submission_file_*")):
+            if not osp.islink(path):     # a link: the submission file of an accepted job, moved to its folder
+                os.remove(path)
 
     # --- following -------------------------------------------------------------------------------
     def follow(self):
@@ -141,7 +188,7 @@ class SlurmQueue:
         job, job_id = self.jobs[index], self.ids[index]
         before = self.states.get(index)
         if listed and listed[0] in ACTIVE:
-            state, reason = listed
+            state, reason, _ = listed
             self.states[index] = RUNNING if state == "RUNNING" else WAITING if reason == "Dependency" else IN_QUEUE
             if self.states[index] == RUNNING and before != RUNNING:
                 progress.event(f"running  {job.name} (Slurm job {job_id})", count(self.states))
@@ -152,7 +199,8 @@ class SlurmQueue:
             progress.event(f"finished {job.name} (Slurm job {job_id})", count(self.states))
             return
         error = self._error(job_id)
-        slurm_state = listed[0] if listed else "gone from the queue"
+        slurm_state = listed[0] + (f" ({listed[1]})" if listed[1] not in ("", "None") else "") if listed else \
+            "gone from the queue"
         if RunFolderHeld.__name__ in error:
             self.states[index], self.details[index] = HELD_ELSEWHERE, "held by another process"
         elif any(self.states.get(dep) in (FAILED, BLOCKED) for dep in job.deps):

@@ -5,10 +5,13 @@ default); submitit then calls ``checkpoint``, which stops train.py cleanly (SIGT
 checkpoint after the current iteration) and hands back the same call, so submitit requeues the job and
 the script resumes the run from that checkpoint. The script's process ignores that signal itself.
 A real failure raises: submitit records it and nothing requeues it (timeouts are requeued at most
-``max_num_timeout`` times).
+``max_num_timeout`` times). A run that turns out finished when the signal comes (it ended just before,
+or was stopped after its results were written) ends the job as a success, whatever requeues are left:
+a finished run is never failed, and the jobs that need it run.
 """
 import os
 import signal
+import subprocess
 import time
 
 import submitit
@@ -50,8 +53,25 @@ class ScriptJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args, **kwargs):
         if self._process is not None:
-            child.stop(self._process, self.stop_timeout)
+            code = child.stop(self._process, self.stop_timeout)
+            if code == 0 or self._run_finished():
+                self._succeed()
         return super().checkpoint(*args, **kwargs)
+
+    def _run_finished(self):
+        """What the script itself says of its run (SWEEP_PLAN=1, as the sweep asks it)."""
+        plan = subprocess.run(self.command, env={**os.environ, **self.env, "SWEEP_PLAN": "1"},
+                              capture_output=True, text=True)
+        return plan.returncode == 0 and "state\tfinished" in plan.stdout.splitlines()
+
+    def _succeed(self):
+        """End the job now as submitit ends a successful one (its result file, exit code 0), from within
+        submitit's signal handler, which would otherwise requeue it or fail it as timed out."""
+        with open(self.log_path, "a") as log:
+            log.write("=== the run is finished: the signal that came after it ends the job as a success\n")
+        result = submitit.JobEnvironment().paths.result_pickle
+        submitit.core.utils.cloudpickle_dump(("success", "finished"), result)
+        raise SystemExit(0)
 
     def __getstate__(self):
         state = dict(self.__dict__)
