@@ -14,6 +14,7 @@ from .common import (
     declare_trainer_node,
     initial_context,
 )
+from .official_draws import Linear, clip_construction, context
 
 
 def extend_cfg(cfg):
@@ -62,3 +63,10 @@ class CoCoOp(PromptTrainer):
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return CoCoOpCLIP(cfg.TRAINER.COCOOP, classnames, clip_model)
+
+    def official_draws(self, clip_model):
+        """CoOp's cocoop.py: its CLIP, a random context, then the meta-net's two layers."""
+        net = self.model.prompt_learner.meta_net
+        layers = [Linear(layer.in_features, layer.out_features, f"meta_net.{name}", into=(layer,))
+                  for name, layer in (("linear1", net.linear1), ("linear2", net.linear2))]
+        return clip_construction(clip_model) + context(self.model) + layers

@@ -23,6 +23,7 @@ from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_checkpoint, load_pretrained_weights
 
 from .checkpoint_layout import TrainableStateDict
+from .official_draws import replay
 
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 PROMPT_LEARNER = "prompt_learner"
@@ -208,14 +209,22 @@ class PromptTrainer(TrainerX):
     def build_custom_clip(self, cfg, classnames, clip_model):
         raise NotImplementedError
 
+    def official_draws(self, clip_model):
+        """The random draws of the method's official build, from its CLIP to its first batch, as steps of
+        ``trainers/official_draws.py`` over ``self.model`` (built from ``clip_model``): replayed after the
+        build, so that a seed gives the official run. None: no official code to follow (MuPL)."""
+        return None
+
     def build_model(self):
         cfg = self.cfg
         classnames = self.dm.dataset.classnames
         self.prec = effective_precision(self.trainer_cfg.PREC, self.device)
+        start = torch.get_rng_state()
         clip_model = cast_clip(load_clip_to_cpu(cfg), self.prec)
 
         print("Building custom CLIP")
         self.model = self.build_custom_clip(cfg, classnames, clip_model)
+        replay(self.official_draws(clip_model), start)
         print(f"Parameters to be updated: {freeze_all_but_prompt_learner(self.model)}")
 
         if cfg.MODEL.INIT_WEIGHTS:  # a checkpoint of the registered module, this method's or its official code's
@@ -305,12 +314,31 @@ def context_size(n_ctx, ctx_init):
     return len(ctx_init.split()) if ctx_init else n_ctx
 
 
-def init_phrase_or_none(ctx_init, n_ctx):
-    """IVLP, MaPLe, PromptSRC: CTX_INIT starts the context only when it has at least ``n_ctx`` tokens (the
-    official ``n_ctx <= 4`` for "a photo of a"); otherwise the context is random behind "X" placeholders."""
-    if ctx_init and n_ctx <= len(get_tokenizer().encode(ctx_init.replace("_", " "))):
-        return ctx_init
-    return ""
+OFFICIAL_MAX_INIT_CTX = 4  # IVLP, MaPLe, PromptSRC: ``if ctx_init and n_ctx <= 4``, whatever the phrase
+
+
+def check_init_phrase(ctx_init, n_ctx, key):
+    """Refuse what the official IVLP, MaPLe and PromptSRC would silently corrupt: a CTX_INIT used (``n_ctx <=
+    4``) with fewer than ``n_ctx`` tokens, whose last context slots would start from the end-of-text and
+    padding embeddings. ``key`` names the context size in the message."""
+    if not ctx_init or n_ctx > OFFICIAL_MAX_INIT_CTX:
+        return
+    n_tokens = len(get_tokenizer().encode(ctx_init.replace("_", " ")))
+    if n_tokens < n_ctx:
+        raise ValueError(f'{key} is {n_ctx} but CTX_INIT "{ctx_init}" has {n_tokens} tokens: the official code '
+                         f"would start the other context slots from end-of-text/padding embeddings; use {key} <= "
+                         f'{n_tokens}, a longer CTX_INIT, or CTX_INIT "" (random context)')
+
+
+def init_phrase_or_none(ctx_init, n_ctx, key):
+    """IVLP, MaPLe, PromptSRC: as the official code, CTX_INIT starts the context only when ``n_ctx <= 4``;
+    otherwise the context is random behind "X" placeholders (said in a note)."""
+    check_init_phrase(ctx_init, n_ctx, key)
+    if ctx_init and n_ctx > OFFICIAL_MAX_INIT_CTX:
+        print(f'Note: CTX_INIT "{ctx_init}" is not used with {key} {n_ctx} > {OFFICIAL_MAX_INIT_CTX}, as in the '
+              "official code: the context starts random")
+        return ""
+    return ctx_init
 
 
 def initial_context(class_prompts, n_ctx, ctx_dim, ctx_init, leading=()):
@@ -340,6 +368,7 @@ class PromptedCLIP(CrossEntropyTraining, torch.nn.Module):
         super().__init__()
         self.classnames = list(classnames)
         self.class_prompts = ClassPrompts(clip_model, self.classnames, n_ctx, ctx_init or None)
+        self.random_context = not ctx_init  # what the official build draws (``official_draws.context``)
         if self.class_prompts.fixed_init_tokens:
             print(f'Note: the context starts from the first {n_ctx} tokens of "{ctx_init}"; its other '
                   f"{self.class_prompts.fixed_init_tokens} tokens stay fixed in every prompt")

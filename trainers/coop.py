@@ -12,6 +12,7 @@ from .common import (
     declare_trainer_node,
     initial_context,
 )
+from .official_draws import clip_construction, context
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 
@@ -90,3 +91,7 @@ class CoOp(PromptTrainer):
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return CoOpCLIP(cfg.TRAINER.COOP, classnames, clip_model)
+
+    def official_draws(self, clip_model):
+        """CoOp's coop.py: its CLIP, then a random context."""
+        return clip_construction(clip_model) + context(self.model)

@@ -12,6 +12,7 @@ from .checkpoint_layout import TrainableStateDict
 from .common import (
     PromptedCLIP,
     WholeModelPromptTrainer,
+    check_init_phrase,
     declare_trainer_node,
     init_phrase_or_none,
     initial_context,
@@ -19,6 +20,7 @@ from .common import (
 )
 from .coop import CoOpPromptLearner
 from .deep_prompts import add_deep_prompts, add_visual_prompts, deep_prompts, trains_prompts, visual_prompts
+from .official_draws import clip_construction, context
 
 
 def extend_cfg(cfg):
@@ -32,7 +34,7 @@ class IndependentPromptsCLIP(TrainableStateDict, PromptedCLIP):
 
     def __init__(self, node, classnames, clip_model, method="IVLP"):
         require_vit(clip_model, method)
-        phrase = init_phrase_or_none(node.CTX_INIT, node.N_CTX_TEXT)
+        phrase = init_phrase_or_none(node.CTX_INIT, node.N_CTX_TEXT, f"TRAINER.{method.upper()}.N_CTX_TEXT")
         super().__init__(clip_model, classnames, node.N_CTX_TEXT, phrase)
         ctx = initial_context(self.class_prompts, node.N_CTX_TEXT, self.ctx_dim, phrase)
         self.prompt_learner = CoOpPromptLearner(ctx)
@@ -68,6 +70,7 @@ def validate_prompt_sizes(node_name, node):
     if node.N_CTX_TEXT < 1 or (node.PROMPT_DEPTH_VISION >= 1 and node.N_CTX_VISION < 1):
         raise ValueError(f"TRAINER.{node_name}.N_CTX_TEXT ({node.N_CTX_TEXT}) and, with image prompts, "
                          f"N_CTX_VISION ({node.N_CTX_VISION}) must be at least 1")
+    check_init_phrase(node.CTX_INIT, node.N_CTX_TEXT, f"TRAINER.{node_name}.N_CTX_TEXT")
 
 
 @TRAINER_REGISTRY.register()
@@ -82,3 +85,7 @@ class IVLP(WholeModelPromptTrainer):
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return IndependentPromptsCLIP(cfg.TRAINER.IVLP, classnames, clip_model)
+
+    def official_draws(self, clip_model):
+        """independentVL.py: its modified CLIP, which draws the prompts inside, then a random context."""
+        return clip_construction(clip_model, prompts=True) + context(self.model)

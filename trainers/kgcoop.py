@@ -10,11 +10,13 @@ from dassl.engine import TRAINER_REGISTRY
 
 from . import coop
 from .common import PromptTrainer, TemplateTextFeatures, node_with
+from .official_draws import Linear, Normal, clip_construction, context
 from .templates import KGCOOP_TEMPLATES, dataset_template
 
 # The official trainer starts the context from this phrase whenever CTX_INIT is set, whatever it says.
 KGCOOP_INIT = "a photo of a"
 DEFAULT_WEIGHT = 8.0  # what the official scripts pass for every dataset (their yacs default is 1.0)
+DEAD_WIDTH = 512  # the official unused modules' width, hard-coded whatever the CLIP
 
 
 def extend_cfg(cfg):
@@ -74,3 +76,15 @@ class KgCoOp(PromptTrainer):
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return KgCoOpCLIP(cfg.TRAINER.COOP, classnames, clip_model, cfg.DATASET.NAME)
+
+    def official_draws(self, clip_model):
+        """kgcoop.py: its CLIP; in PromptLearner a random context, ``bias_vectors``, a second CLIP (for the
+        hand-written features) and ``meta_net``; then CustomCLIP's ``Adapter``. All but the context unused."""
+        width = DEAD_WIDTH
+        return clip_construction(clip_model) + context(self.model) + [
+            Normal((1, width), "bias_vectors"),
+            *clip_construction(clip_model),
+            Linear(width, width, "meta_net.linear1"),
+            Linear(width, width // 4, "Adapter fc.0", bias=False),
+            Linear(width // 4, width, "Adapter fc.2", bias=False),
+        ]

@@ -14,12 +14,14 @@ from .checkpoint_layout import TrainableStateDict
 from .common import (
     PromptedCLIP,
     WholeModelPromptTrainer,
+    check_init_phrase,
     declare_trainer_node,
     init_phrase_or_none,
     initial_context,
     require_vit,
 )
 from .deep_prompts import check_prompt_depth, prompt_parameter, trains_prompts
+from .official_draws import Linear, clip_construction, context, normal_like
 
 
 def extend_cfg(cfg):
@@ -51,7 +53,7 @@ class MultiModalPromptLearner(nn.Module):
 class MaPLeCLIP(TrainableStateDict, PromptedCLIP):
     def __init__(self, node, classnames, clip_model):
         require_vit(clip_model, "MaPLe")
-        phrase = init_phrase_or_none(node.CTX_INIT, node.N_CTX)
+        phrase = init_phrase_or_none(node.CTX_INIT, node.N_CTX, "TRAINER.MAPLE.N_CTX")
         super().__init__(clip_model, classnames, node.N_CTX, phrase)
         for tower in (self.text_encoder.transformer, clip_model.visual.transformer):
             check_prompt_depth(tower, node.PROMPT_DEPTH, "TRAINER.MAPLE.PROMPT_DEPTH")
@@ -80,6 +82,19 @@ class MaPLe(WholeModelPromptTrainer):
         if node.PROMPT_DEPTH < 1 or node.N_CTX < 1:
             raise ValueError(f"TRAINER.MAPLE.PROMPT_DEPTH ({node.PROMPT_DEPTH}) and N_CTX ({node.N_CTX}) must be "
                              "at least 1 (depth 1: prompts at the input only)")
+        check_init_phrase(node.CTX_INIT, node.N_CTX, "TRAINER.MAPLE.N_CTX")
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return MaPLeCLIP(cfg.TRAINER.MAPLE, classnames, clip_model)
+
+    def official_draws(self, clip_model):
+        """maple.py: its CLIP; in MultiModalPromptLearner a random context, ``proj``, the deep text prompts,
+        then one coupling layer that all ``compound_prompt_projections`` copy (drawn even at depth 1)."""
+        learner = self.model.prompt_learner
+        proj = learner.proj
+        return clip_construction(clip_model) + context(self.model) + [
+            Linear(proj.in_features, proj.out_features, "proj", into=(proj,)),
+            *[normal_like(prompt, "deep text prompt", keep=True) for prompt in learner.compound_prompts_text],
+            Linear(proj.in_features, proj.out_features, "coupling",
+                   into=tuple(learner.compound_prompt_projections)),
+        ]

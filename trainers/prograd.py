@@ -14,6 +14,7 @@ from dassl.engine import TRAINER_REGISTRY
 
 from . import coop
 from .common import PromptTrainer, TemplateTextFeatures, node_with
+from .official_draws import clip_construction, context
 from .templates import PROGRAD_TEMPLATES, dataset_template
 
 LOSS_NAME = "prograd"
@@ -104,6 +105,10 @@ class ProGrad(PromptTrainer):
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return ProGradCLIP(cfg.TRAINER.COOP, classnames, clip_model, cfg.DATASET.NAME, cfg.LOSS.T)
+
+    def official_draws(self, clip_model):
+        """prograd.py: its CLIP, the zero-shot teacher's CLIP, then a random context."""
+        return clip_construction(clip_model) + clip_construction(clip_model) + context(self.model)
 
     def update(self, terms):
         """Backward kl_loss -> G_g, backward xe_loss -> G_d, project each trained tensor's G_d, step. With a

@@ -15,6 +15,7 @@ from dassl.engine import TRAINER_REGISTRY
 
 from .common import TemplateTextFeatures, declare_trainer_node
 from .ivlp import IVLP, IndependentPromptsCLIP
+from .official_draws import clip_construction
 from .prompt_averaging import GaussianPromptAverage, gaussian_epoch_weights
 from .templates import PROMPTSRC_TEMPLATES
 
@@ -96,6 +97,10 @@ class PromptSRC(IVLP):
         node = cfg.TRAINER.PROMPTSRC
         self.prompt_average = GaussianPromptAverage(cfg.OPTIM.MAX_EPOCH, node.GPA_MEAN, node.GPA_STD)
         return PromptSRCCLIP(node, classnames, clip_model)
+
+    def official_draws(self, clip_model):
+        """promptsrc.py: IVLP's, then in VLPromptLearner two more plain CLIPs (zero-shot text and image)."""
+        return super().official_draws(clip_model) + clip_construction(clip_model) + clip_construction(clip_model)
 
     def end_of_epoch_update(self):
         """GPA: add this epoch's prompts; after the last epoch, deploy the average (before the checkpoint

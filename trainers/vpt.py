@@ -19,6 +19,7 @@ from .common import (
     require_vit,
 )
 from .deep_prompts import add_visual_prompts, visual_prompts
+from .official_draws import clip_construction
 from .templates import DEFAULT_TEMPLATE
 
 
@@ -62,3 +63,7 @@ class VPT(WholeModelPromptTrainer):
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return VisualPromptCLIP(cfg.TRAINER.VPT, classnames, clip_model)
+
+    def official_draws(self, clip_model):
+        """vpt.py: its modified CLIP, which draws the image prompts inside; nothing else."""
+        return clip_construction(clip_model, prompts=True)
