@@ -363,7 +363,7 @@ def test_figures_plot_the_reports_numbers(fewshot_tree):
     fig = figures.transfer({"Cross-dataset targets": (["Caltech101", "OxfordPets"], {MUPL: [94.0, None]})})
     cells = fig.axes[0].images[0].get_array()
     assert cells[0, 0] == 94.0 and cells.mask.tolist() == [[False, True]]
-    assert [t.get_text() for t in fig.axes[0].texts] == ["94.0"]
+    assert [t.get_text() for t in fig.axes[0].texts] == ["94.0", "-"]
 
 
 def test_method_labels_drop_the_details_all_methods_share():

@@ -94,22 +94,25 @@ def layout(count, columns, cell, axes_size, left, bottom, top=0.25, legend=0.0, 
     return fig, axes
 
 
-def legend_below(fig, methods, labels, style, height, line=True):
-    """One legend for all panels in the ``height`` inches kept free under them, as many columns as fit."""
+def legend_columns(methods, labels, width):
+    """How many legend entries fit side by side in ``width`` inches."""
+    longest = max(len(labels[m]) for m in methods)
+    return max(1, min(len(methods), int(width // (CHAR * longest + 0.45))))
+
+
+def legend_height(methods, labels, width):
+    """Inches to keep free under the panels for the shared legend."""
+    return LINE * -(-len(methods) // legend_columns(methods, labels, width)) + 0.1
+
+
+def legend_below(fig, methods, labels, style, line=True):
+    """One legend for all panels, in the room kept free under them (``legend_height``)."""
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=style[m][0], marker=style[m][1], markersize=4, linewidth=1 if line else 0,
                       label=labels[m]) for m in methods]
-    longest = max(len(labels[m]) for m in methods)
-    columns = max(1, min(len(methods), int(fig.get_figwidth() // (CHAR * longest + 0.45))))
-    fig.legend(handles=handles, loc="lower center", ncol=columns, frameon=False, bbox_to_anchor=(0.5, 0),
-               handlelength=1.6 if line else 1.0, columnspacing=1.2)
-
-
-def legend_height(methods, labels, width):
-    longest = max(len(labels[m]) for m in methods)
-    columns = max(1, min(len(methods), int(width // (CHAR * longest + 0.45))))
-    return LINE * -(-len(methods) // columns) + 0.1
+    fig.legend(handles=handles, loc="lower center", ncol=legend_columns(methods, labels, fig.get_figwidth()),
+               frameon=False, bbox_to_anchor=(0.5, 0), handlelength=1.6 if line else 1.0, columnspacing=1.2)
 
 
 def dodge(values, gap, low, high):
@@ -141,7 +144,7 @@ def iso_h(axis, low, high):
         axis.plot(base[shown], new[shown], linestyle="--", linewidth=0.5, color="0.75", zorder=0,
                   label=f"_iso-H {level}", gid=f"iso-H {level}")
         end = int(shown.sum() * 0.2)
-        if not low + 0.06 * (high - low) < new[shown][end] < high - 0.1 * (high - low):
+        if not low + 0.12 * (high - low) < new[shown][end] < high - 0.1 * (high - low):
             continue   # a label at the panel's edge would be cut
         axis.text(base[shown][end], new[shown][end], f"H={level}", fontsize=5.5, color="0.55", ha="left",
                   va="bottom", rotation=-35, rotation_mode="anchor")
@@ -200,7 +203,7 @@ def base_vs_new(rows):
         axis.set_ylabel("New")
         axis.grid(True, linewidth=0.3)
     if room:
-        legend_below(fig, methods, labels, style, room, line=False)
+        legend_below(fig, methods, labels, style, line=False)
     return fig
 
 
@@ -269,7 +272,8 @@ def accuracy_vs_shots(curves):
         low, high = axis.get_ylim()
         axis.set_ylim(low, high)
         gap = (high - low) * 6.5 / 72 / size[1]   # one 6 pt line
-        for y, (value, (colour, marker)) in zip(dodge([v for v, _ in ends], gap, low, high), ends):
+        places = dodge([value for value, _ in ends], gap, low + gap / 2, high - gap / 2)
+        for y, (value, (colour, marker)) in zip(places, ends):
             axis.plot([1.05], [y], transform=axis.get_yaxis_transform(), clip_on=False, color=colour,
                       marker=marker, markersize=3, linestyle="")
             axis.text(1.09, y, f"{value:.1f}", transform=axis.get_yaxis_transform(), fontsize=6, va="center",
@@ -279,14 +283,14 @@ def accuracy_vs_shots(curves):
         if axes.index(axis) % columns == 0:
             axis.set_ylabel("accuracy (%)")
         axis.grid(True, linewidth=0.3)
-    legend_below(fig, methods, labels, style, room)
+    legend_below(fig, methods, labels, style)
     return fig
 
 
 def transfer(panels):
     """Cross-dataset and domain generalisation: ``panels`` {title: (target labels, {method: [mean or
     None per target]})}; a table in colour, a row per method (same rows in every panel) and a column per
-    target, each cell its value; a colour scale shared by the panels (cividis, readable in grey)."""
+    target, each cell its value ("-": not run); a colour scale shared by the panels (cividis, readable in grey)."""
     methods = list(dict.fromkeys(method for _, table in panels.values() for method in table))
     labels, common = short_labels(methods)
     values = [v for _, table in panels.values() for row in table.values() for v in row if v is not None]
@@ -305,12 +309,12 @@ def transfer(panels):
                              len(methods) * cell[1] / height))
         grid = np.array([[np.nan if v is None else v for v in table.get(m, [None] * len(targets))]
                          for m in methods], dtype=float)
-        image = axis.imshow(np.ma.masked_invalid(grid), cmap="cividis", vmin=low - 5, vmax=high, aspect="auto")
+        colours = pyplot().get_cmap("cividis").with_extremes(bad="0.93")
+        image = axis.imshow(np.ma.masked_invalid(grid), cmap=colours, vmin=low - 5, vmax=high, aspect="auto")
         for (row, column), value in np.ndenumerate(grid):
-            if not np.isnan(value):
-                shade = (value - low + 5) / (high - low + 5)
-                axis.text(column, row, f"{value:.1f}", ha="center", va="center", fontsize=6,
-                          color="black" if shade > 0.55 else "white")
+            shade = (value - low + 5) / (high - low + 5)
+            text, colour = ("-", "0.5") if np.isnan(value) else (f"{value:.1f}", "black" if shade > 0.55 else "white")
+            axis.text(column, row, text, ha="center", va="center", fontsize=6, color=colour)
         axis.set_xticks(range(len(targets)))
         axis.set_xticklabels(targets, rotation=35, ha="right")
         axis.set_yticks(range(len(methods)))
