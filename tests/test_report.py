@@ -332,14 +332,24 @@ def test_figures_plot_the_reports_numbers(fewshot_tree):
     assert {text.get_text() for text in panels["OxfordPets"].texts} >= {f"{row['hm']:.1f}" for row in measured
                                                                         if row["dataset"] == "OxfordPets"}
 
+    # The legend names each method by its trainer alone: configs show only where a trainer has several.
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["CoCoOp", "MuPL", "ZeroshotCLIP"]
+
     fig = figures.harmonic_bars(rows)
-    dots = {container.get_label(): container for container in fig.axes[0].containers}
-    mupl = [row for row in measured if row["method"] == MUPL]
-    assert list(dots[MUPL].lines[0].get_ydata()) == pytest.approx([row["hm"] for row in mupl])
-    segments = dots[MUPL].lines[2][0].get_segments()
-    assert [s[1][1] - s[0][1] for s in segments] == pytest.approx([2 * row["hm_std"] for row in mupl])
-    assert [label.get_text() for label in fig.axes[0].get_xticklabels()] == ["OxfordPets", "DescribableTextures",
-                                                                             "Average"]
+    panels = {axis.get_title(): axis for axis in fig.axes}
+    assert list(panels) == ["OxfordPets", "DescribableTextures", "Average"]
+    for title, axis in panels.items():
+        dots = {container.get_label(): container for container in axis.containers}
+        for row in (row for row in measured if row["dataset"] == title):
+            dot = dots[row["method"]]
+            assert list(dot.lines[0].get_xdata()) == pytest.approx([row["hm"]])
+            (segment,) = dot.lines[2][0].get_segments()
+            assert segment[1][0] - segment[0][0] == pytest.approx(2 * row["hm_std"])
+            # a method keeps its row in every panel, named on the first panel's axis
+            row_of = ["CoCoOp", "MuPL", "ZeroshotCLIP"].index(row["method"].split(" (")[0])
+            assert list(dot.lines[0].get_ydata()) == [row_of]
+    assert [label.get_text() for label in panels["OxfordPets"].get_yticklabels()] == ["CoCoOp", "MuPL",
+                                                                                       "ZeroshotCLIP"]
 
     curves = report.fewshot_curves(report.collect_fewshot(str(root), (1, 2), None)[0])
     fig = figures.accuracy_vs_shots(curves)
@@ -351,8 +361,19 @@ def test_figures_plot_the_reports_numbers(fewshot_tree):
     assert list(lines[("Average", "MuPL (cfg)")].get_ydata()) == pytest.approx(average)
 
     fig = figures.transfer({"Cross-dataset targets": (["Caltech101", "OxfordPets"], {MUPL: [94.0, None]})})
-    assert scatter_points(fig.axes[0]) == [(0.0, 94.0)]
-    assert [t.get_text() for t in fig.axes[0].texts] == ["94.0"]
+    cells = fig.axes[0].images[0].get_array()
+    assert cells[0, 0] == 94.0 and cells.mask.tolist() == [[False, True]]
+    assert [t.get_text() for t in fig.axes[0].texts] == ["94.0", "-"]
+
+
+def test_method_labels_drop_the_details_all_methods_share():
+    labels, common = figures.short_labels(["CoOp (c1, shots_4)", "CoOp (c2, shots_4)", "MuPL (m, shots_4)",
+                                           "IVLP (v) on ViT-L/14"])
+    assert labels == {"CoOp (c1, shots_4)": "CoOp (c1)", "CoOp (c2, shots_4)": "CoOp (c2)",
+                      "MuPL (m, shots_4)": "MuPL", "IVLP (v) on ViT-L/14": "IVLP on ViT-L/14"}
+    assert common == ""
+    labels, common = figures.short_labels(["CoOp (c1, shots_4)", "MuPL (m, shots_4)"])
+    assert labels == {"CoOp (c1, shots_4)": "CoOp", "MuPL (m, shots_4)": "MuPL"} and common == "shots_4"
 
 
 def test_report_writes_the_fewshot_table_and_figure(fewshot_tree, tmp_path):
