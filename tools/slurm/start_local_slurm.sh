@@ -34,7 +34,7 @@ install_missing() {
 write_conf() {
     local host cpus memory
     host=$(hostname -s)
-    cpus=$(nproc)
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)   # nproc counts OMP_NUM_THREADS (the tests set 1) as CPUs
     memory=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))   # MB, 1 GB left to the system
     mkdir -p "$STATE/ctld" "$STATE/d" "$STATE/log"
     cat > "$CONF" <<CONF
