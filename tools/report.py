@@ -58,7 +58,7 @@ class Cell:
 
     @property
     def std(self):
-        return float(np.std(list(self.values.values()))) if self.values else None
+        return spread(self.values)
 
     def on(self, backbone, seeds):
         """The cell of the seeds run on ``backbone``; the other seeds count as missing."""
@@ -303,8 +303,9 @@ def average_published(results, labels):
 
 
 def spread(per_seed):
-    """Population std of per-seed values (as CoOp), None without any."""
-    return float(np.std(list(per_seed.values()))) if per_seed else None
+    """Population std of per-seed values (as CoOp); None from fewer than two seeds, which have no spread
+    to show (a "± 0.00" would read as a measured, perfectly stable result)."""
+    return float(np.std(list(per_seed.values()))) if len(per_seed) >= 2 else None
 
 
 def with_spread(base_seeds, new_seeds):
