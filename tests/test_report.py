@@ -291,8 +291,28 @@ def test_runs_on_different_backbones_are_never_one_cell_and_sit_side_by_side(tmp
     assert (new["backbone"], new["seeds"], new["base"], new["new"]) == (laion, "3", "95.0", "85.0")
     table = text.split("### Average H (Base / New) by backbone")[1]
     assert f"| Method | {laion} | ViT-B/16 |" in table
-    assert (f"| CoCoOp (cfg_c) | {hm(95.0, 85.0):.2f} (95.00 / 85.00) | {hm(91.0, 81.0):.2f} ± 1.00 "
+    assert (f"| CoCoOp | {hm(95.0, 85.0):.2f} (95.00 / 85.00) | {hm(91.0, 81.0):.2f} ± 1.00 "
             "(91.00 / 81.00) |") in table
+
+
+def test_a_method_run_on_each_backbone_under_its_own_config_is_one_row_side_by_side(tmp_path):
+    """The usual way to try a stronger CLIP: a config per backbone (its own run folders), one row per
+    trainer in the --by-backbone table; a trainer with two configs on one backbone keeps a row per config."""
+    laion = "ViT-B-16/laion2b_s34b_b88k"
+    runs = [("CoCoOp", "cfg_c", "ViT-B/16", 90.0), ("CoCoOp", "cfg_c_laion", laion, 94.0),
+            ("MuPL", "cfg_m", "ViT-B/16", 91.0), ("MuPL", "cfg_m2", "ViT-B/16", 92.0)]
+    for trainer, cfg, backbone, base in runs:
+        for seed in (1, 2, 3):
+            for phase, value in (("train_base", base), ("test_new", base - 10)):
+                folder = b2n(tmp_path, phase, "oxford_pets", trainer, cfg, seed)
+                write_log(folder, value, "eval" if phase == "test_new" else "train", backbone=backbone)
+                write_record(folder, backbone=backbone)
+    _, text = report.build_report(str(tmp_path), by_backbone=True)
+    table = text.split("### Average H (Base / New) by backbone")[1].split("\n\n## ")[0]
+    assert f"| Method | {laion} | ViT-B/16 |" in table
+    assert (f"| CoCoOp | {hm(94.0, 84.0):.2f} ± 0.00 (94.00 / 84.00) | {hm(90.0, 80.0):.2f} ± 0.00 "
+            "(90.00 / 80.00) |") in table
+    assert "| MuPL (cfg_m) | - |" in table and "| MuPL (cfg_m2) | - |" in table
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -614,10 +615,17 @@ def backbone_table(rows):
     """One method on several backbones side by side: its Average H (Base / New) per backbone."""
     averages = [row for row in rows if row["dataset"] == "Average" and row["source"] == "measured"]
     backbones = sorted({row["backbone"] for row in averages})
+    labels = {row["method"]: row["method"].removesuffix(f" on {short_backbone(row['backbone'])}") for row in averages}
+    # A method run on each backbone under its own config (a YAML naming the backbone) is one row: its
+    # trainer's name, unless the trainer has several configs on one backbone (then one row per config).
+    per_backbone = Counter((label.split(" (")[0], row["backbone"]) for row in averages
+                           for label in [labels[row["method"]]])
     by_method = {}
     for row in averages:
-        label = row["method"].removesuffix(f" on {short_backbone(row['backbone'])}")
-        by_method.setdefault(label, {})[row["backbone"]] = row
+        label = labels[row["method"]]
+        trainer = label.split(" (")[0]
+        single = all(count == 1 for (name, _), count in per_backbone.items() if name == trainer)
+        by_method.setdefault(trainer if single else label, {})[row["backbone"]] = row
     header = ["Method"] + [short_backbone(b) for b in backbones]
     body = [[label] + [f"{number(found[b]['hm'], found[b]['hm_std'])} ({found[b]['base']:.2f} / {found[b]['new']:.2f})"
                        if b in found else "-" for b in backbones] for label, found in sorted(by_method.items())]
