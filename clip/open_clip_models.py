@@ -15,7 +15,6 @@ download (the Hugging Face hub), cached under ``<CLIP cache>/open_clip/hub``; a 
 works, and a path always works.
 """
 import dataclasses
-import hashlib
 import json
 import os.path as osp
 import re
@@ -23,6 +22,7 @@ import re
 from torch import nn
 
 from .clip import _MODELS, CLIPWeightsError, _read_weights, default_cache_dir
+from .download import sha256_of
 from .model import QuickGELU, build_clip
 
 HF_HUB = "hf-hub:"
@@ -312,11 +312,7 @@ def verify_hub_blob(path):
     expected = osp.basename(blob)
     if re.fullmatch(r"[0-9a-f]{64}", expected) is None:
         return  # a small file the hub keeps in git, published without a SHA-256
-    digest = hashlib.sha256()
-    with open(blob, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected:
+    if sha256_of(blob) != expected:
         raise OpenCLIPError(f"{path} does not match the SHA-256 the Hugging Face hub published for it (a damaged or "
                             f"interrupted download): delete {blob} and run again")
 
