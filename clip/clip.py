@@ -59,6 +59,19 @@ def default_cache_dir():
     return os.environ.get(CACHE_ENV) or osp.expanduser("~/.cache/clip")
 
 
+def local_weights_file(name, download_root=None):
+    """The local file the weights of ``name`` are read from, fetching nothing: a path, the cache file of
+    an official model (whether or not it is there yet), or an open_clip name's file once it is local;
+    None for an open_clip name not fetched yet, and for a name that is none of these."""
+    if osp.isfile(name):
+        return osp.abspath(name)
+    if name in _MODELS:
+        return osp.join(download_root or default_cache_dir(), osp.basename(_MODELS[name]))
+    from .open_clip_models import cached_weights_file, is_open_clip_name
+
+    return cached_weights_file(name, download_root) if is_open_clip_name(name) else None
+
+
 def _download(url, root=None):
     """The verified local copy of an official weights file, downloading it when missing."""
     root = root or default_cache_dir()

@@ -307,6 +307,16 @@ def test_a_slurm_dry_run_shows_each_submission_its_time_limit_and_the_cost_per_t
     code, out, err = slurm_dry_run(monkeypatch, capsys, root, data, tmp_path / "output", "--datasets", "oxford_pets",
                                    *opts, "MODEL.BACKBONE.NAME", "ViT-B/16")
     assert code == 2 and f"CLIP weights ViT-B/16 are not in the cache ({tmp_path}/empty_cache/ViT-B-16.pt)" in err
+    laion = "ViT-B-32/laion2b_s34b_b79k"                 # an open_clip model: not fetched, then put by hand
+    code, out, err = slurm_dry_run(monkeypatch, capsys, root, data, tmp_path / "output", "--datasets", "oxford_pets",
+                                   *opts, "MODEL.BACKBONE.NAME", laion)
+    assert code == 2 and f"CLIP weights {laion} are not fetched yet" in err, out + err
+    by_hand = tmp_path / "empty_cache" / "open_clip" / "ViT-B-32" / "laion2b_s34b_b79k"
+    by_hand.mkdir(parents=True)
+    (by_hand / "open_clip_pytorch_model.bin").write_bytes(b"weights")
+    code, out, err = slurm_dry_run(monkeypatch, capsys, root, data, tmp_path / "output", "--datasets", "oxford_pets",
+                                   *opts, "MODEL.BACKBONE.NAME", laion)
+    assert "CLIP weights" not in err, out + err
     code, out, err = slurm_dry_run(monkeypatch, capsys, root, data, tmp_path / "output", "--datasets", "oxford_pets",
                                    "caltech101", "--time", "caltech101=90", *opts)
     assert code == 0, out + err

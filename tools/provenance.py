@@ -128,18 +128,10 @@ def file_sha256(path):
 
 
 def weights_file(name, cache_dir=""):
-    """The file CLIP weights are read from: the path given, the cache file of an official name, or the
-    local file of an open_clip name (``ARCH/TAG``, ``ARCH/path``, ``hf-hub:``); None when there is none."""
-    if osp.isfile(name):
-        return osp.abspath(name)
-    import clip
-    from clip.clip import default_cache_dir
-    from clip.open_clip_models import cached_weights_file, is_open_clip_name
+    """The file CLIP weights are read from (``clip.clip.local_weights_file``); None when there is none."""
+    from clip.clip import local_weights_file
 
-    if is_open_clip_name(name):
-        return cached_weights_file(name, cache_dir or None)
-    url = clip._MODELS.get(name)
-    return osp.join(cache_dir or default_cache_dir(), osp.basename(url)) if url else None
+    return local_weights_file(name, cache_dir or None)
 
 
 def dataset_files(dataset, num_shots, seed):

@@ -5,7 +5,8 @@ import os.path as osp
 import yaml
 
 from clip import available_models
-from clip.clip import _MODELS, default_cache_dir
+from clip.clip import local_weights_file
+from clip.open_clip_models import is_open_clip_name
 from datasets.sources import SOURCES
 
 from .jobs import SOURCE_DATASET, TO_RUN, TRAINER_CONFIGS, SweepError
@@ -36,16 +37,19 @@ def backbone(job):
 
 
 def check_weights(jobs):
-    """Each CLIP weights file the jobs to run load is a file, or an official model in the cache (nodes
-    often have no internet to download it)."""
+    """Each CLIP weights file the jobs to run load is a file, an official model in the cache or an
+    open_clip model already fetched (nodes often have no internet to download it)."""
     for name in sorted({backbone(job) for job in jobs if job.state in TO_RUN} - {""}):
-        if osp.isfile(name):
+        try:
+            local = local_weights_file(name)
+        except ValueError as error:  # an open_clip name refused (another kind of model, an unknown tag)
+            raise SweepError(str(error)) from None
+        if local and osp.isfile(local):
             continue
-        if name not in available_models():
-            raise SweepError(f"MODEL.BACKBONE.NAME {name}: no such file, nor an official CLIP model; give the "
-                             "path of a weights file the nodes can read")
-        cached = osp.join(default_cache_dir(), osp.basename(_MODELS[name]))
-        if not osp.isfile(cached):
-            raise SweepError(f"CLIP weights {name} are not in the cache ({cached}), and the nodes may have no "
-                             f"internet: fetch them first (python -c \"import clip; clip.load('{name}')\") or "
-                             "give MODEL.BACKBONE.NAME /path/to/weights.pt")
+        if name not in available_models() and not is_open_clip_name(name):
+            raise SweepError(f"MODEL.BACKBONE.NAME {name}: no such file, nor an official CLIP or open_clip model; "
+                             "give the path of a weights file the nodes can read")
+        where = f"not in the cache ({local})" if local else "not fetched yet"
+        raise SweepError(f"CLIP weights {name} are {where}, and the nodes may have no internet: fetch them "
+                         f"first (python -c \"import clip; clip.load('{name}')\") or give MODEL.BACKBONE.NAME "
+                         "/path/to/weights")
